@@ -1,0 +1,141 @@
+"""GRPO's pure pieces: group advantages, clipped ratio loss, KL estimators, aggregation, entropy.
+
+DeepSeek-R1 (arXiv 2501.12948), Eq. 1–3; variants from DAPO (arXiv 2503.14476)
+and Dr. GRPO (arXiv 2503.20783). Shapes: P prompts, G samples each, B = P·G
+rows, T completion tokens, V vocabulary.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+AdvantageMode = Literal["std", "mean", "batch-std"]
+Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
+KLEstimator = Literal["k1", "k2", "k3"]
+ADVANTAGE_MODES = ("std", "mean", "batch-std")
+AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def group_advantages(rewards_PxG: jax.Array, mode: AdvantageMode = "std",
+                     eps: float = 1e-6) -> jax.Array:
+    """Group-relative advantages, one per sample (R1 Eq. 3).
+
+    "std": (r − mean_group) / std_group (paper; population std);
+    "mean": r − mean_group (Dr. GRPO drops the std);
+    "batch-std": (r − mean_group) / std over the whole batch.
+    A group whose rewards are all equal gets advantage 0 (not NaN).
+    """
+    rewards_PxG = rewards_PxG.astype(jnp.float32)
+    centered_PxG = rewards_PxG - rewards_PxG.mean(axis=1, keepdims=True)
+    if mode == "std":
+        return centered_PxG / (rewards_PxG.std(axis=1, keepdims=True) + eps)
+    if mode == "mean":
+        return centered_PxG
+    if mode == "batch-std":
+        return centered_PxG / (rewards_PxG.std() + eps)
+    raise ValueError(f"advantage mode {mode!r} is not one of {ADVANTAGE_MODES}")
+
+
+def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, estimator: KLEstimator = "k3",
+               clamp: float = 10.0) -> jax.Array:
+    """Per-token KL(π_θ ‖ π_ref) estimate from sampled tokens (Schulman's k1/k2/k3).
+
+    With x = log π_ref − log π_θ: k1 = −x, k2 = x²/2, k3 = exp(x) − x − 1 (R1 Eq. 2,
+    unbiased and ≥ 0). Values are clamped to [−clamp, clamp] so one wild token
+    cannot blow up the loss.
+    """
+    x_BxT = (ref_logp_BxT - logp_BxT).astype(jnp.float32)
+    if estimator == "k1":
+        kl_BxT = -x_BxT
+    elif estimator == "k2":
+        kl_BxT = 0.5 * jnp.square(x_BxT)
+    elif estimator == "k3":
+        x_BxT = jnp.clip(x_BxT, -clamp, clamp)  # keep exp() finite
+        kl_BxT = jnp.exp(x_BxT) - x_BxT - 1.0
+    else:
+        raise ValueError(f"KL estimator {estimator!r} is not one of {KL_ESTIMATORS}")
+    return jnp.clip(kl_BxT, -clamp, clamp)
+
+
+def clipped_policy_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array, advantages_B: jax.Array,
+                        eps_low: float = 0.2, eps_high: float = 0.2,
+                        dual_clip: float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-token PPO-style surrogate loss, to be minimized (R1 Eq. 1; clip-higher from DAPO).
+
+    loss = −min(ρ·A, clip(ρ, 1−ε_low, 1+ε_high)·A), ρ = π_θ/π_old per token.
+    `dual_clip` = c > 1 also bounds the loss of negative-advantage tokens by −c·A
+    (Ye et al., 2020). Returns the loss and per-token 0/1 indicators of which
+    clip bound was active (for clip-fraction metrics).
+    """
+    log_ratio_BxT = (logp_BxT - old_logp_BxT).astype(jnp.float32)
+    ratio_BxT = jnp.exp(jnp.clip(log_ratio_BxT, -20.0, 20.0))
+    adv_Bx1 = advantages_B.astype(jnp.float32)[:, None]
+    unclipped_BxT = -adv_Bx1 * ratio_BxT
+    clipped_BxT = -adv_Bx1 * jnp.clip(ratio_BxT, 1.0 - eps_low, 1.0 + eps_high)
+    loss_BxT = jnp.maximum(unclipped_BxT, clipped_BxT)
+    active_BxT = clipped_BxT > unclipped_BxT
+    info = {
+        "clip_low": (active_BxT & (ratio_BxT < 1.0 - eps_low)).astype(jnp.float32),
+        "clip_high": (active_BxT & (ratio_BxT > 1.0 + eps_high)).astype(jnp.float32),
+        "ratio": ratio_BxT,
+    }
+    if dual_clip is not None:
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+        bound_BxT = -adv_Bx1 * dual_clip
+        dual_BxT = (adv_Bx1 < 0) & (loss_BxT > bound_BxT)
+        loss_BxT = jnp.where(dual_BxT, bound_BxT, loss_BxT)
+        info["clip_dual"] = dual_BxT.astype(jnp.float32)
+    return loss_BxT, info
+
+
+def aggregate(values_BxT: jax.Array, mask_BxT: jax.Array, mode: Aggregation = "seq-mean-token-mean",
+              max_len: int | None = None) -> jax.Array:
+    """Reduce per-token values to a scalar over the real (mask=1) tokens.
+
+    "seq-mean-token-mean": mean over sequences of each one's token mean (R1 Eq. 1);
+    "token-mean": mean over every token of the batch (DAPO);
+    "seq-mean-token-sum-norm": token sums divided by B·max_len, a constant (Dr. GRPO);
+    max_len defaults to T.
+    """
+    mask_BxT = mask_BxT.astype(jnp.float32)
+    masked_BxT = values_BxT.astype(jnp.float32) * mask_BxT
+    if mode == "seq-mean-token-mean":
+        per_seq_B = masked_BxT.sum(axis=1) / jnp.maximum(mask_BxT.sum(axis=1), 1.0)
+        return per_seq_B.mean()
+    if mode == "token-mean":
+        return masked_BxT.sum() / jnp.maximum(mask_BxT.sum(), 1.0)
+    if mode == "seq-mean-token-sum-norm":
+        length = values_BxT.shape[1] if max_len is None else max_len
+        return masked_BxT.sum() / (values_BxT.shape[0] * length)
+    raise ValueError(f"aggregation {mode!r} is not one of {AGGREGATIONS}")
+
+
+def token_entropy(logits_BxTxV: jax.Array) -> jax.Array:
+    """Entropy of the model's next-token distribution at each position, in nats."""
+    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+    return -(jnp.exp(logp_BxTxV) * logp_BxTxV).sum(axis=-1)
+
+
+def grpo_objective(logp_BxT: jax.Array, old_logp_BxT: jax.Array, ref_logp_BxT: jax.Array | None,
+                   advantages_B: jax.Array, mask_BxT: jax.Array, *, eps_low: float = 0.2,
+                   eps_high: float = 0.2, dual_clip: float | None = None, kl_beta: float = 0.001,
+                   kl_estimator: KLEstimator = "k3", aggregation: Aggregation = "seq-mean-token-mean",
+                   max_len: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The GRPO loss (negated R1 Eq. 1): clipped surrogate + β·KL, aggregated; with metrics."""
+    pg_BxT, info = clipped_policy_loss(logp_BxT, old_logp_BxT, advantages_B, eps_low, eps_high,
+                                       dual_clip)
+    metrics = {"pg_loss": aggregate(pg_BxT, mask_BxT, aggregation, max_len)}
+    loss_BxT = pg_BxT
+    if ref_logp_BxT is not None and kl_beta:
+        kl_BxT = kl_penalty(logp_BxT, ref_logp_BxT, kl_estimator)
+        loss_BxT = loss_BxT + kl_beta * kl_BxT
+        metrics["kl"] = aggregate(kl_BxT, mask_BxT, "token-mean")
+    for name in ("clip_low", "clip_high", "clip_dual"):
+        if name in info:
+            metrics[f"{name}_frac"] = aggregate(info[name], mask_BxT, "token-mean")
+    metrics["ratio_mean"] = aggregate(info["ratio"], mask_BxT, "token-mean")
+    return aggregate(loss_BxT, mask_BxT, aggregation, max_len), metrics

@@ -1,0 +1,81 @@
+"""The r1jax language model: a pure-functional Flax linen decoder (Qwen2/Qwen2.5, Llama-3 layout).
+
+Params in, logits and cache out; nothing is mutable::
+
+    model = Transformer(cfg)
+    params = init_params(cfg, rng)          # or model.init(rng, tokens, positions)['params'] (boxed, see below)
+    logits_BxLxV, _ = model.apply({'params': params}, tokens_BxL, positions_BxL, mask_BxL)
+
+Arguments of `Transformer.__call__` / `Transformer.hidden`:
+  tokens     int [B, L].
+  positions  int [B, L]: RoPE position of each token, per row. With padding use
+             `positions_from_mask(mask)` so a row's first real token has position 0.
+  mask       bool [B, L] or None (all real): False marks padding. Padded keys are
+             never attended; outputs at padded queries are finite garbage, to be
+             ignored. Left- or right-padded rows give the logits of unpadded rows.
+  cache      a `Cache` or None (plain forward pass; the returned cache is None).
+  segment_ids int [B, L] or None: packed rows, tokens attend only within their
+             segment (0 = padding); forward passes without a cache only.
+
+Attention allows key j for query i iff j is valid (mask) and j's *slot* is not
+after i's slot (causal), whatever the positions say.
+
+Cache (`init_cache(cfg, batch, max_len, dtype=None)`, a flax.struct.dataclass):
+  layers     per layer, the pytree its attention class owns; for GQA a `KVCache`
+             with k_BxSxKxD, v_BxSxKxD (RoPE already applied), S = max_len.
+  valid_BxS  bool: slot holds a real token.
+  index      int32 scalar: next slot to write, the same for every row.
+A call with a cache writes its L tokens into slots [index, index + L) of every
+row (one dynamic_update_slice), marks them valid where `mask` is True, attends
+to all valid slots up to each query's slot, and returns the cache with
+index + L. Prefill = one call with a padded prompt batch [B, L] (left or right
+padding); decode = calls with [B, 1] tokens at per-row positions
+(prompt_len_b + t), writing to the same slot in every row. The caller keeps
+index + L <= max_len (dynamic_update_slice clamps silently otherwise).
+`repeat_cache(cache, g)` shares a prompt's cache among g samples: row b becomes
+rows b·g … b·g+g−1 (as jnp.repeat(x, g, axis=0)).
+
+Hidden states without logits (chunked log-probs, so [B, L, V] never exists whole)::
+
+    hidden_BxLxE, _ = model.apply(v, tokens, positions, mask, method='hidden')
+    logits_BxCxV = model.apply(v, hidden_BxLxE[:, i:i + C], method='logits')   # f32
+
+Logical axis names: params are created boxed (`nn.Partitioned`) with names
+('vocab', 'embed'), ('embed', 'heads', 'head_dim'), ('embed', 'kv_heads', 'head_dim'),
+('heads', 'head_dim', 'embed'), ('embed', 'mlp'), ('mlp', 'embed'), ('norm',),
+('embed', 'vocab'); activations are constrained with ('batch', 'length', 'embed' |
+'heads' | 'kv_heads' | 'mlp' | 'vocab'), cache keys with ('batch', 'cache_length',
+'kv_heads', 'head_dim'). Without axis rules and a mesh these are no-ops. `apply`
+accepts boxed or plain params; `init_params` returns plain arrays and
+`param_logical_axes(cfg)` the matching PartitionSpec tree of names.
+
+Precision: params stored in cfg.param_dtype, matmuls in cfg.dtype; norms,
+RoPE, attention softmax and logits in f32. cfg.remat rematerializes each block.
+
+Swappable parts: `block_parts(cfg, layer)` gives each block's (attention class,
+MLP class). An attention class is built as `cls(cfg)`, called as
+`(x_BxLxE, positions_BxL, allowed_BxLxS, layer_cache | None, index) -> (y_BxLxE,
+layer_cache | None)`, and has a staticmethod `init_cache(cfg, batch, max_len,
+dtype)` giving its layer cache. An MLP class is built as `cls(cfg)` and called
+on x_BxLxE.
+"""
+from r1jax.model.attention import Attention, KVCache, attention_mask
+from r1jax.model.layers import Embed, LMHead, Mlp, RMSNorm
+from r1jax.model.rope import apply_rope, rope_frequencies
+from r1jax.model.transformer import (
+    Block,
+    Cache,
+    Transformer,
+    block_parts,
+    init_cache,
+    init_params,
+    param_logical_axes,
+    positions_from_mask,
+    repeat_cache,
+)
+
+__all__ = [
+    "Attention", "Block", "Cache", "Embed", "KVCache", "LMHead", "Mlp", "RMSNorm", "Transformer",
+    "apply_rope", "attention_mask", "block_parts", "init_cache", "init_params", "param_logical_axes",
+    "positions_from_mask", "repeat_cache", "rope_frequencies",
+]

@@ -1,0 +1,117 @@
+"""Building blocks shared by blocks: RMSNorm, SwiGLU MLP, token embedding, logical-axis helpers.
+
+Shape legend: B batch, L length, E embed_dim, M mlp_dim, V vocab_size.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from r1jax.config import ModelConfig
+
+Initializer = nn.initializers.Initializer
+
+
+def kernel_init(*axes: str) -> Initializer:
+    """Fan-in scaled truncated normal, boxed with logical axis names."""
+    return nn.with_logical_partitioning(nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"), axes)
+
+
+def zeros_init(*axes: str) -> Initializer:
+    """Zeros (biases), boxed with logical axis names."""
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def constrain(x: jax.Array, *axes: str) -> jax.Array:
+    """Logical sharding constraint on an activation; a no-op without axis rules and a mesh."""
+    return nn.with_logical_constraint(x, axes)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (arXiv 1910.07467) computed in f32, returned in the compute dtype."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxE: jax.Array) -> jax.Array:
+        """Normalizes the last axis (any leading axes)."""
+        scale_E = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+                             (x_BxLxE.shape[-1],), self.cfg.param_dtype)
+        x = x_BxLxE.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.norm_eps)
+        scale = scale_E.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
+        return (x * scale).astype(self.cfg.dtype)
+
+
+class Dense(nn.Module):
+    """x · kernel contracting x's last `num_in` axes into `features`; kernel axes named `axes` (inputs, outputs)."""
+
+    cfg: ModelConfig
+    features: tuple[int, ...]
+    axes: tuple[str, ...]
+    num_in: int = 1
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg, n = self.cfg, self.num_in
+        shape = tuple(x.shape[-n:]) + tuple(self.features)
+        # Full-rank init (no flatten-and-reshape), so boxed names always match the value's rank.
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=tuple(range(n)),
+                                                out_axis=tuple(range(n, len(shape))))
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), shape, cfg.param_dtype)
+        dims = ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ()))
+        y = jax.lax.dot_general(x.astype(cfg.dtype), kernel.astype(cfg.dtype), dims)
+        if self.use_bias:
+            bias = self.param("bias", zeros_init(*self.axes[n:]), tuple(self.features), cfg.param_dtype)
+            y = y + bias.astype(cfg.dtype).reshape((1,) * (y.ndim - bias.ndim) + bias.shape)
+        return y
+
+
+class Mlp(nn.Module):
+    """SwiGLU feed-forward (arXiv 2002.05202): down(silu(gate(x)) · up(x))."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxE: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        gate_BxLxM = Dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), name="gate")(x_BxLxE)
+        up_BxLxM = Dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), name="up")(x_BxLxE)
+        h_BxLxM = constrain(nn.silu(gate_BxLxM) * up_BxLxM, "batch", "length", "mlp")
+        return Dense(cfg, (cfg.embed_dim,), ("mlp", "embed"), name="down")(h_BxLxM)
+
+
+class Embed(nn.Module):
+    """Token embedding table [V, E]; `attend` reuses it as a tied output head."""
+
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        # std 1/sqrt(E): unit-scale logits at init when the table doubles as the head.
+        init = nn.initializers.normal(stddev=cfg.embed_dim ** -0.5)
+        self.embedding = self.param("embedding", nn.with_logical_partitioning(init, ("vocab", "embed")),
+                                    (cfg.vocab_size, cfg.embed_dim), cfg.param_dtype)
+
+    def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, tokens_BxL, axis=0).astype(self.cfg.dtype)
+
+    def attend(self, x_BxLxE: jax.Array) -> jax.Array:
+        """Logits x · tableᵀ in f32."""
+        return jnp.einsum("ble,ve->blv", x_BxLxE, self.embedding.astype(self.cfg.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+class LMHead(nn.Module):
+    """Untied output projection [E, V]; logits in f32."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxE: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        kernel_ExV = self.param("kernel", kernel_init("embed", "vocab"), (cfg.embed_dim, cfg.vocab_size),
+                                cfg.param_dtype)
+        return jnp.einsum("ble,ev->blv", x_BxLxE, kernel_ExV.astype(cfg.dtype), preferred_element_type=jnp.float32)

@@ -1,0 +1,226 @@
+"""Frozen configuration dataclasses; each validates itself in `__post_init__`."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax.numpy as jnp
+
+from r1jax.rl.grpo import ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS
+
+ROPE_SCALING_KINDS = ("linear", "llama3", "yarn")
+
+
+def _dtype_name(value: Any, field: str) -> str:
+    """Canonical name ('float32', 'bfloat16', …) of a floating dtype given as a string or jnp dtype."""
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError as e:
+        raise ValueError(f"{field}={value!r} is not a dtype") from e
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{field}={value!r} must be a floating dtype")
+    return dtype.name
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling for long context: 'linear', 'llama3' (Llama 3.1) or 'yarn' (arXiv 2309.00071).
+
+    `original_max_len` is the context length of pretraining. llama3 reads
+    `low_freq_factor`/`high_freq_factor`; yarn reads `beta_fast`, `beta_slow`,
+    `truncate` and `attention_factor` (None: 0.1·ln(factor) + 1, the YaRN paper's
+    choice), which multiplies cos and sin.
+    """
+
+    kind: str
+    factor: float
+    original_max_len: int = 0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+    attention_factor: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in ROPE_SCALING_KINDS:
+            raise ValueError(f"RopeScaling.kind={self.kind!r} is not one of {ROPE_SCALING_KINDS}")
+        if not self.factor > 0:
+            raise ValueError(f"RopeScaling.factor={self.factor} must be > 0")
+        if self.kind in ("llama3", "yarn") and self.original_max_len <= 0:
+            raise ValueError(f"RopeScaling(kind={self.kind!r}) needs original_max_len > 0")
+        if self.kind == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0:
+            raise ValueError(
+                f"llama3 rope scaling needs high_freq_factor > low_freq_factor > 0, "
+                f"got {self.high_freq_factor}, {self.low_freq_factor}"
+            )
+        if self.kind == "yarn" and not self.beta_fast > self.beta_slow > 0:
+            raise ValueError(
+                f"yarn rope scaling needs beta_fast > beta_slow > 0, got {self.beta_fast}, {self.beta_slow}"
+            )
+        if self.attention_factor is not None and not self.attention_factor > 0:
+            raise ValueError(f"RopeScaling.attention_factor={self.attention_factor} must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Decoder-only transformer (Qwen2/Qwen2.5, Llama-3 layout): sizes, RoPE, precision.
+
+    `param_dtype` is how params are stored, `dtype` the compute dtype of matmuls
+    and activations (softmax, norms and logits are f32 regardless); both accept a
+    string or a jnp dtype and are stored as the dtype's name. `max_len` is the
+    longest position the checkpoint was built for (HF max_position_embeddings);
+    nothing is allocated from it. `remat` recomputes each block in the backward pass.
+    """
+
+    vocab_size: int
+    embed_dim: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    rope_theta: float = 10_000.0
+    rope_scaling: RopeScaling | None = None
+    qkv_bias: bool = False
+    out_bias: bool = False
+    tie_embeddings: bool = False
+    norm_eps: float = 1e-6
+    max_len: int = 4096
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self):
+        for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                     "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelConfig.{name}={value!r} must be a positive int")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} "
+                "(grouped-query attention shares each kv head among num_heads/num_kv_heads query heads)"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even (RoPE rotates pairs of dims)")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta={self.rope_theta} must be > 0")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ValueError(f"rope_scaling must be a RopeScaling or None, got {self.rope_scaling!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps={self.norm_eps} must be > 0")
+        # Canonical names keep the config hashable, comparable and JSON-friendly.
+        object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype, "param_dtype"))
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype, "dtype"))
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> ModelConfig:
+        """A 2-layer GQA model small enough for CPU unit tests (vocab 64, embed 32)."""
+        fields = dict(vocab_size=64, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                      mlp_dim=64, max_len=128)
+        return cls(**{**fields, **overrides})
+
+
+OVERLONG_MODES = ("none", "mask", "soft")
+
+
+def _check(cls_name: str, condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{cls_name}.{message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warmup then cosine decay to `end_lr_ratio`·lr, and global-norm clipping.
+
+    `decay_steps` counts optimizer updates after warmup; None keeps the rate constant.
+    Paper: lr 3e-6 for RL; SFT 5e-5 → 5e-6 cosine (DeepSeek-R1, arXiv 2501.12948).
+    """
+
+    learning_rate: float = 3e-6
+    warmup_steps: int = 0
+    decay_steps: int | None = None
+    end_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self):
+        _check("OptimizerConfig", self.learning_rate > 0, f"learning_rate={self.learning_rate} must be > 0")
+        _check("OptimizerConfig", self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be >= 0")
+        _check("OptimizerConfig", self.decay_steps is None or self.decay_steps > 0,
+               f"decay_steps={self.decay_steps} must be > 0 or None")
+        _check("OptimizerConfig", 0 <= self.end_lr_ratio <= 1, f"end_lr_ratio={self.end_lr_ratio} must be in [0, 1]")
+        _check("OptimizerConfig", self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
+        _check("OptimizerConfig", self.grad_clip is None or self.grad_clip > 0,
+               f"grad_clip={self.grad_clip} must be > 0 or None")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO: sampling, loss variant and update schedule (DeepSeek-R1 Eq. 1–3; DAPO; Dr. GRPO).
+
+    Each RL step samples `group_size` completions for each of `prompts_per_step`
+    prompts, then makes `inner_epochs` × `num_minibatches` optimizer updates
+    against the sampling policy's log-probs (paper: 16 minibatches, 1 epoch);
+    each minibatch's gradient is accumulated over `grad_accum` micro-batches.
+    `ref_refresh_every` replaces the reference policy by the current one every
+    N steps (paper: 400; None freezes it). `overlong` = "mask" drops truncated
+    completions from the loss, "soft" subtracts a penalty rising linearly from 0
+    at max_new_tokens − overlong_buffer to `overlong_penalty` at max_new_tokens
+    (DAPO). `dynamic_sampling` drops groups whose rewards are all equal and
+    samples more prompts, at most `max_resample_rounds` times (DAPO).
+    """
+
+    group_size: int = 16
+    prompts_per_step: int = 32
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    inner_epochs: int = 1
+    num_minibatches: int = 1
+    grad_accum: int = 1
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: float | None = None
+    kl_beta: float = 0.001
+    kl_estimator: str = "k3"
+    advantage: str = "std"
+    aggregation: str = "seq-mean-token-mean"
+    ref_refresh_every: int | None = 400
+    recompute_old_logps: bool = True
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 3
+    overlong: str = "none"
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    logprob_chunk: int = 256
+    max_bad_steps: int = 3
+
+    def __post_init__(self):
+        c = functools.partial(_check, "GRPOConfig")
+        for name in ("group_size", "prompts_per_step", "max_new_tokens", "inner_epochs", "num_minibatches",
+                     "grad_accum", "logprob_chunk", "max_bad_steps"):
+            c(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
+        rows = self.group_size * self.prompts_per_step
+        c(rows % (self.num_minibatches * self.grad_accum) == 0,
+          f"num_minibatches·grad_accum={self.num_minibatches * self.grad_accum} must divide "
+          f"group_size·prompts_per_step={rows}")
+        c(self.temperature >= 0, f"temperature={self.temperature} must be >= 0")
+        c(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]")
+        c(self.eps_low >= 0 and self.eps_high >= 0, f"eps_low/eps_high must be >= 0")
+        c(self.dual_clip is None or self.dual_clip > 1, f"dual_clip={self.dual_clip} must be > 1 or None")
+        c(self.kl_beta >= 0, f"kl_beta={self.kl_beta} must be >= 0")
+        c(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator={self.kl_estimator!r} must be one of {KL_ESTIMATORS}")
+        c(self.advantage in ADVANTAGE_MODES, f"advantage={self.advantage!r} must be one of {ADVANTAGE_MODES}")
+        c(self.aggregation in AGGREGATIONS, f"aggregation={self.aggregation!r} must be one of {AGGREGATIONS}")
+        c(self.ref_refresh_every is None or self.ref_refresh_every >= 1,
+          f"ref_refresh_every={self.ref_refresh_every} must be >= 1 or None")
+        c(self.overlong in OVERLONG_MODES, f"overlong={self.overlong!r} must be one of {OVERLONG_MODES}")
+        c(0 <= self.overlong_buffer < self.max_new_tokens,
+          f"overlong_buffer={self.overlong_buffer} must be in [0, max_new_tokens)")
+        c(self.max_resample_rounds >= 0, f"max_resample_rounds={self.max_resample_rounds} must be >= 0")

@@ -1,0 +1,112 @@
+"""The jitted GRPO update: μ epochs × minibatches of clipped-ratio updates against fixed old log-probs.
+
+    step = make_grpo_step(model, tx, grpo_cfg)
+    state, metrics = step(state, batch)          # state is donated
+
+`batch` is a `GRPOBatch` of B = prompts·G rows. Rows are split into
+`num_minibatches` contiguous minibatches (the host shuffles rows beforehand);
+each minibatch's gradient is the mean over `grad_accum` micro-batches. Metrics
+are means over all updates of the call, plus `skipped` (non-finite updates).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from r1jax.config import GRPOConfig
+from r1jax.model import Transformer
+from r1jax.rl.grpo import aggregate, grpo_objective
+from r1jax.train.logprobs import completion_logps
+from r1jax.train.optim import TrainState, apply_gradients
+
+
+@flax.struct.dataclass
+class GRPOBatch:
+    """One rollout laid out for the update (B rows, P prompt slots left-padded, T completion slots)."""
+
+    prompt_BxP: jax.Array  # int32
+    prompt_mask_BxP: jax.Array  # bool
+    completion_BxT: jax.Array  # int32, padded after the row's end
+    completion_mask_BxT: jax.Array  # bool: real completion token (attention)
+    loss_mask_BxT: jax.Array  # float: tokens that count in the loss (overlong masking zeroes rows)
+    old_logps_BxT: jax.Array  # f32: log π_old of each token (sampler or recomputed)
+    ref_logps_BxT: jax.Array  # f32: log π_ref of each token (zeros when kl_beta = 0)
+    advantages_B: jax.Array  # f32
+
+
+def make_logps_fn(model: Transformer, chunk: int) -> Callable[..., jax.Array]:
+    """Jitted log π(completion tokens) for given params, without gradients (old / reference policy)."""
+
+    @jax.jit
+    def logps(params, batch: GRPOBatch) -> jax.Array:
+        out, _ = completion_logps(model, params, batch.prompt_BxP, batch.prompt_mask_BxP, batch.completion_BxT,
+                                  batch.completion_mask_BxT, chunk)
+        return jax.lax.stop_gradient(out)
+
+    return logps
+
+
+def _rows(batch: GRPOBatch, start: jax.Array, size: int) -> GRPOBatch:
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=0), batch)
+
+
+def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GRPOConfig,
+                   post_update: Callable[[TrainState, dict], TrainState] | None = None
+                   ) -> Callable[[TrainState, GRPOBatch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Build the jitted update; `post_update(state, metrics)` runs after each optimizer update
+    (the place for state outside the gradient, such as the MoE balancing bias)."""
+
+    def loss_fn(params, mb: GRPOBatch):
+        logp_BxT, ent_BxT = completion_logps(model, params, mb.prompt_BxP, mb.prompt_mask_BxP, mb.completion_BxT,
+                                             mb.completion_mask_BxT, cfg.logprob_chunk, with_entropy=True)
+        loss, metrics = grpo_objective(
+            logp_BxT, mb.old_logps_BxT, mb.ref_logps_BxT if cfg.kl_beta else None, mb.advantages_B,
+            mb.loss_mask_BxT, eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
+            kl_beta=cfg.kl_beta, kl_estimator=cfg.kl_estimator, aggregation=cfg.aggregation,
+            max_len=cfg.max_new_tokens)
+        metrics["entropy"] = aggregate(jax.lax.stop_gradient(ent_BxT), mb.loss_mask_BxT, "token-mean")
+        metrics["loss"] = loss
+        return loss, metrics
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def minibatch_grads(params, mb: GRPOBatch, micro: int):
+        def accumulate(carry, i):
+            return jax.tree.map(jnp.add, carry, grads_and_metrics(i)), None
+
+        def grads_and_metrics(i):
+            (_, metrics), grads = grad_fn(params, _rows(mb, i * micro, micro))
+            return grads, metrics
+
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grads_and_metrics, 0))
+        (grads, metrics), _ = jax.lax.scan(accumulate, zeros, jnp.arange(cfg.grad_accum))
+        return jax.tree.map(lambda x: x / cfg.grad_accum, (grads, metrics))
+
+    def step(state: TrainState, batch: GRPOBatch):
+        rows = batch.advantages_B.shape[0]
+        if rows % (cfg.num_minibatches * cfg.grad_accum):
+            raise ValueError(f"batch of {rows} rows does not split into {cfg.num_minibatches} minibatches "
+                             f"× {cfg.grad_accum} micro-batches")
+        mb_rows = rows // cfg.num_minibatches
+        updates = cfg.inner_epochs * cfg.num_minibatches
+
+        def one_update(state, k):
+            mb = _rows(batch, (k % cfg.num_minibatches) * mb_rows, mb_rows)
+            grads, metrics = minibatch_grads(state.params, mb, mb_rows // cfg.grad_accum)
+            state, opt_metrics = apply_gradients(state, grads, metrics["loss"], tx)
+            metrics = {**metrics, **opt_metrics}
+            if post_update is not None:
+                state = post_update(state, metrics)
+            return state, metrics
+
+        state, metrics = jax.lax.scan(one_update, state, jnp.arange(updates))
+        out = jax.tree.map(jnp.mean, metrics)
+        out["skipped"] = updates - metrics["finite"].sum()
+        out["updates"] = jnp.asarray(updates, jnp.float32)
+        return state, out
+
+    return jax.jit(step, donate_argnums=(0,))
+

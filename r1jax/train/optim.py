@@ -1,0 +1,62 @@
+"""Train state and optimizer: AdamW, warmup + cosine, global-norm clipping, non-finite steps skipped."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from r1jax.config import OptimizerConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a jitted step carries: params, optimizer state, and state outside the gradient."""
+
+    step: jax.Array  # int32 scalar: optimizer updates applied
+    params: Any
+    opt_state: Any
+    extra: Any  # model state updated outside the optimizer (the MoE balancing bias, later)
+    skipped: jax.Array  # int32 scalar: updates skipped for a non-finite loss or gradient
+
+
+def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+    """Linear warmup from 0, then cosine decay to end_lr_ratio·lr over decay_steps (or constant)."""
+    if cfg.decay_steps is None:
+        after = optax.constant_schedule(cfg.learning_rate)
+    else:
+        after = optax.cosine_decay_schedule(cfg.learning_rate, cfg.decay_steps, alpha=cfg.end_lr_ratio)
+    if cfg.warmup_steps == 0:
+        return after
+    warmup = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    return optax.join_schedules([warmup, after], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay)
+    if cfg.grad_clip is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
+
+
+def init_train_state(params: Any, tx: optax.GradientTransformation, extra: Any = None) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      extra={} if extra is None else extra, skipped=jnp.zeros((), jnp.int32))
+
+
+def apply_gradients(state: TrainState, grads: Any, loss: jax.Array,
+                    tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update; a non-finite loss or gradient leaves params and optimizer untouched."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+    updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    state = state.replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+                          step=state.step + finite.astype(jnp.int32),
+                          skipped=state.skipped + (~finite).astype(jnp.int32))
+    return state, {"grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}

@@ -1,0 +1,201 @@
+"""The GRPO loop on the host: sample G per prompt → rewards in the pool → advantages → jitted update.
+
+    trainer = GRPOTrainer(model_cfg, params, tok, grpo_cfg, opt_cfg, rewards, R1_ZERO, pool=pool)
+    for step in range(n):
+        metrics = trainer.step(problems_for(step), jax.random.fold_in(rng, step))
+
+Device work (sampling, log-probs, the update) is jitted; rewards, data and
+logging stay in Python. DeepSeek-R1 (arXiv 2501.12948) Sec. 2.2; dynamic
+sampling and the overlong penalty from DAPO (arXiv 2503.14476).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+from r1jax.data import Problem
+from r1jax.rewards import RewardPool, WeightedReward, combine_rewards
+from r1jax.rl.grpo import group_advantages
+from r1jax.sampling import Sampler
+from r1jax.tokenizer import Tokenizer
+from r1jax.train.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn
+from r1jax.train.optim import TrainState, init_train_state, learning_rate_schedule, make_optimizer
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass
+class Rollout:
+    """G completions per problem and their scores (host side; B = P·G rows)."""
+
+    problems: list[Problem]
+    prompt_ids: list[list[int]]
+    completion_BxT: np.ndarray
+    logps_BxT: np.ndarray
+    lengths_B: np.ndarray
+    truncated_B: np.ndarray
+    texts: list[str]
+    rewards_B: np.ndarray
+    values: dict[str, np.ndarray]
+    reward_failures: dict[str, int]
+
+
+def overlong_penalty(lengths_B: np.ndarray, max_len: int, buffer: int, penalty: float) -> np.ndarray:
+    """DAPO's soft overlong penalty: 0 up to max_len − buffer, then linear down to −penalty at max_len."""
+    if buffer == 0:
+        return np.where(lengths_B >= max_len, -penalty, 0.0)
+    excess = np.clip(lengths_B - (max_len - buffer), 0, buffer)
+    return -penalty * excess / buffer
+
+
+def rollout_metrics(r: Rollout) -> dict[str, float]:
+    """Per-step statistics of a rollout, named as peer trainers name them."""
+    m = {"reward/mean": float(r.rewards_B.mean()), "reward/std": float(r.rewards_B.std()),
+         "completion/length_mean": float(r.lengths_B.mean()), "completion/length_max": float(r.lengths_B.max()),
+         "completion/truncated_frac": float(r.truncated_B.mean())}
+    for name, v in r.values.items():
+        m[f"reward/{name}"] = float(v.mean())
+    for name, n in r.reward_failures.items():
+        m[f"reward/{name}_failures"] = float(n)
+    return m
+
+
+class GRPOTrainer:
+    """Owns the policy's train state, the reference params, the sampler and the jitted update."""
+
+    def __init__(self, model_cfg: ModelConfig, params: Any, tokenizer: Tokenizer, cfg: GRPOConfig,
+                 opt_cfg: OptimizerConfig, rewards: Mapping[str, WeightedReward], template: Any,
+                 pool: RewardPool | None = None, add_bos: bool = True, prompt_bucket: int = 32,
+                 post_update: Callable[[TrainState, dict], TrainState] | None = None, seed: int = 0):
+        self.cfg, self.tok, self.rewards, self.template, self.pool = cfg, tokenizer, rewards, template, pool
+        self.add_bos = add_bos
+        self.sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                               prompt_bucket=prompt_bucket)
+        self.tx = make_optimizer(opt_cfg)
+        self.lr = learning_rate_schedule(opt_cfg)
+        self.state = init_train_state(params, self.tx)
+        self.ref_params = jax.tree.map(jnp.copy, params) if cfg.kl_beta else None
+        self._update = make_grpo_step(self.sampler.model, self.tx, cfg, post_update)
+        self._logps = make_logps_fn(self.sampler.model, cfg.logprob_chunk)
+        self._shuffle = np.random.default_rng(seed)
+        self.rl_step = 0
+        self.bad_steps = 0
+
+    # ------------------------------------------------------------------ rollout
+    def rollout(self, problems: Sequence[Problem], rng: jax.Array) -> Rollout:
+        """Sample G completions of each problem with the current policy and score them."""
+        cfg, g = self.cfg, self.cfg.group_size
+        prompts = [self.template.render(p.question) for p in problems]
+        prompt_ids = [self.tok.encode(t, add_bos=self.add_bos) for t in prompts]
+        out = self.sampler.sample(self.state.params, prompt_ids, rng, group_size=g,
+                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        completion_BxT, logps_BxT, lengths_B, truncated_B = jax.device_get(
+            (out.tokens_BxT, out.logps_BxT, out.lengths_B, out.truncated_B))
+        texts = [self.tok.decode(row[:n]) for row, n in zip(completion_BxT, lengths_B)]
+        columns: dict[str, list] = {}
+        for i, p in enumerate(problems):
+            for k, v in p.columns().items():
+                columns.setdefault(k, [None] * len(problems))[i] = v
+        rows = lambda xs: [x for x in xs for _ in range(g)]  # noqa: E731
+        scored = combine_rewards(rows(prompts), texts, self.rewards, pool=self.pool,
+                                 **{k: rows(v) for k, v in columns.items()})
+        rewards_B = np.asarray(scored.total, np.float64)
+        if cfg.overlong == "soft":
+            rewards_B = rewards_B + overlong_penalty(lengths_B, cfg.max_new_tokens, cfg.overlong_buffer,
+                                                     cfg.overlong_penalty)
+        failures = {k: scored.errors[k] + scored.timeouts[k] for k in scored.errors}
+        return Rollout(list(problems), prompt_ids, completion_BxT, logps_BxT, lengths_B, truncated_B, texts,
+                       rewards_B, {k: np.asarray(v) for k, v in scored.values.items()}, failures)
+
+    def _select_groups(self, rollouts: list[Rollout]) -> tuple[Rollout, int]:
+        """Keep P groups, preferring groups whose rewards differ (DAPO dynamic sampling)."""
+        g, p = self.cfg.group_size, self.cfg.prompts_per_step
+        groups = [(r, i) for r in rollouts for i in range(len(r.problems))]
+        varied = [np.ptp(r.rewards_B[i * g:(i + 1) * g]) > 0 for r, i in groups]
+        informative = [x for x, v in zip(groups, varied) if v]
+        flat = [x for x, v in zip(groups, varied) if not v]
+        # without enough informative groups, flat ones fill the batch (zero advantage, KL only)
+        chosen = (informative + flat)[:p] if self.cfg.dynamic_sampling else groups[:p]
+        take = lambda r, i, a: a[i * g:(i + 1) * g]  # noqa: E731
+        cat = lambda name: np.concatenate([take(r, i, getattr(r, name)) for r, i in chosen])  # noqa: E731
+        merged = Rollout(
+            problems=[r.problems[i] for r, i in chosen],
+            prompt_ids=[r.prompt_ids[i] for r, i in chosen],
+            completion_BxT=cat("completion_BxT"), logps_BxT=cat("logps_BxT"), lengths_B=cat("lengths_B"),
+            truncated_B=cat("truncated_B"), rewards_B=cat("rewards_B"),
+            texts=[t for r, i in chosen for t in r.texts[i * g:(i + 1) * g]],
+            values={k: np.concatenate([take(r, i, r.values[k]) for r, i in chosen]) for k in rollouts[0].values},
+            reward_failures={k: sum(r.reward_failures[k] for r in rollouts) for k in rollouts[0].reward_failures})
+        return merged, len(informative)
+
+    def _batch(self, r: Rollout) -> GRPOBatch:
+        g, bucket = self.cfg.group_size, self.sampler.prompt_bucket
+        width = -(-max(len(p) for p in r.prompt_ids) // bucket) * bucket
+        prompt_PxL = np.full((len(r.prompt_ids), width), self.tok.pad_id, np.int32)
+        for i, ids in enumerate(r.prompt_ids):
+            prompt_PxL[i, width - len(ids):] = ids
+        completion_mask_BxT = np.arange(r.completion_BxT.shape[1])[None] < r.lengths_B[:, None]
+        loss_mask_BxT = completion_mask_BxT.astype(np.float32)
+        if self.cfg.overlong == "mask":
+            loss_mask_BxT = loss_mask_BxT * ~r.truncated_B[:, None]
+        adv_B = np.asarray(group_advantages(jnp.asarray(r.rewards_B.reshape(-1, g)), self.cfg.advantage)).reshape(-1)
+        return GRPOBatch(
+            prompt_BxP=jnp.asarray(np.repeat(prompt_PxL, g, axis=0)),
+            prompt_mask_BxP=jnp.asarray(np.repeat(prompt_PxL != self.tok.pad_id, g, axis=0)),
+            completion_BxT=jnp.asarray(r.completion_BxT), completion_mask_BxT=jnp.asarray(completion_mask_BxT),
+            loss_mask_BxT=jnp.asarray(loss_mask_BxT), old_logps_BxT=jnp.asarray(r.logps_BxT),
+            ref_logps_BxT=jnp.zeros(r.logps_BxT.shape, jnp.float32), advantages_B=jnp.asarray(adv_B, jnp.float32))
+
+    # --------------------------------------------------------------------- step
+    def step(self, problems: Sequence[Problem], rng: jax.Array,
+             more_problems: Callable[[int], Sequence[Problem]] | None = None) -> dict[str, float]:
+        """One RL step on `problems` (P of them); `more_problems(round)` refills for dynamic sampling."""
+        cfg = self.cfg
+        if len(problems) != cfg.prompts_per_step:
+            raise ValueError(f"got {len(problems)} problems; GRPOConfig.prompts_per_step={cfg.prompts_per_step}")
+        t0 = time.perf_counter()
+        rollouts = [self.rollout(problems, jax.random.fold_in(rng, 0))]
+        if cfg.dynamic_sampling and more_problems is not None:
+            for k in range(1, cfg.max_resample_rounds + 1):
+                if self._select_groups(rollouts)[1] >= cfg.prompts_per_step:
+                    break
+                rollouts.append(self.rollout(more_problems(k), jax.random.fold_in(rng, k)))
+        r, informative = self._select_groups(rollouts)
+        t_sample = time.perf_counter() - t0
+
+        batch = self._batch(r)
+        if cfg.recompute_old_logps:
+            batch = batch.replace(old_logps_BxT=self._logps(self.state.params, batch))
+        if self.ref_params is not None:
+            batch = batch.replace(ref_logps_BxT=self._logps(self.ref_params, batch))
+        order = self._shuffle.permutation(batch.advantages_B.shape[0])
+        batch = jax.tree.map(lambda x: x[order], batch)
+        self.state, dev_metrics = self._update(self.state, batch)
+        dev_metrics = jax.device_get(dev_metrics)
+        self.rl_step += 1
+        if cfg.ref_refresh_every and self.ref_params is not None and self.rl_step % cfg.ref_refresh_every == 0:
+            self.ref_params = jax.tree.map(jnp.copy, self.state.params)
+
+        self.bad_steps = self.bad_steps + 1 if dev_metrics["skipped"] >= dev_metrics["updates"] else 0
+        if self.bad_steps >= cfg.max_bad_steps:
+            raise TrainingDiverged(f"{self.bad_steps} consecutive RL steps had only non-finite updates "
+                                   f"(loss {dev_metrics['loss']}, grad norm {dev_metrics['grad_norm']}); "
+                                   "lower the learning rate or check the rewards")
+        elapsed = time.perf_counter() - t0
+        metrics = rollout_metrics(r)
+        metrics.update({k: float(v) for k, v in dev_metrics.items() if k != "finite"})
+        metrics.update({"lr": float(self.lr(int(self.state.step))), "time/step_s": elapsed,
+                        "time/sample_s": t_sample, "groups/informative": float(informative),
+                        "groups/sampled": float(sum(len(x.problems) for x in rollouts)),
+                        "throughput/tokens_per_s": float(r.lengths_B.sum()) / elapsed})
+        self.last_rollout = r
+        return metrics

@@ -1,0 +1,122 @@
+"""The host GRPO loop on a toy task: reward rises, dynamic sampling, overlong handling, divergence."""
+import random
+
+import jax
+import numpy as np
+import pytest
+
+from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+from r1jax.data import Problem, PromptTemplate
+from r1jax.model import init_params
+from r1jax.rewards import RewardPool, WeightedReward
+from r1jax.rl.loop import GRPOTrainer, TrainingDiverged, overlong_penalty
+from r1jax.tokenizer import Tokenizer
+
+TEMPLATE = PromptTemplate("toy", "Say: {prompt}")
+
+
+def share_of_a(prompts, completions, **_):
+    return [c.count("a") / max(len(c), 1) for c in completions]
+
+
+def flat_for_b(prompts, completions, **_):
+    """Rewards that never vary for prompt 'b' (zero advantage), vary elsewhere."""
+    return [1.0 if p.endswith("b") else float("a" in c) for p, c in zip(prompts, completions)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    rng = random.Random(0)
+    texts = (" ".join("".join(rng.choices("abcdefgh", k=rng.randint(1, 5))) for _ in range(8)) for _ in range(300))
+    return Tokenizer.train(texts, vocab_size=300)
+
+
+def _problems(qs):
+    return [Problem(id=f"p{i}-{q}", task="toy", question=q, answer="a") for i, q in enumerate(qs)]
+
+
+def _trainer(tok, reward=share_of_a, pool=None, **kw):
+    cfg = ModelConfig.tiny(vocab_size=tok.vocab_size)
+    gcfg = GRPOConfig(**{**dict(group_size=8, prompts_per_step=4, max_new_tokens=8, kl_beta=0.0,
+                                logprob_chunk=8), **kw})
+    return GRPOTrainer(cfg, init_params(cfg, jax.random.key(0)), tok, gcfg, OptimizerConfig(learning_rate=3e-3),
+                       {"a": WeightedReward(reward, 1.0)}, TEMPLATE, pool=pool)
+
+
+def test_reward_rises_on_toy_task(tok):
+    tr = _trainer(tok)
+    probs = _problems("abcd")
+    rewards = [tr.step(probs, jax.random.fold_in(jax.random.key(1), s))["reward/mean"] for s in range(30)]
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.2, rewards
+
+
+def test_metrics_have_the_usual_names(tok):
+    tr = _trainer(tok, kl_beta=0.01, eps_high=0.28)
+    m = tr.step(_problems("abcd"), jax.random.key(0))
+    for name in ("reward/mean", "reward/std", "reward/a", "completion/length_mean", "completion/length_max",
+                 "completion/truncated_frac", "kl", "clip_low_frac", "clip_high_frac", "entropy", "grad_norm",
+                 "lr", "throughput/tokens_per_s", "time/step_s", "skipped"):
+        assert name in m and np.isfinite(m[name]), name
+
+
+def test_dynamic_sampling_drops_flat_groups_and_refills(tok):
+    tr = _trainer(tok, reward=flat_for_b, dynamic_sampling=True, max_resample_rounds=2)
+    asked = []
+
+    def more(k):
+        asked.append(k)
+        return _problems("cdef")
+
+    m = tr.step(_problems("abbb"), jax.random.key(0), more_problems=more)
+    kept = [p.question for p in tr.last_rollout.problems]
+    assert asked == [1] and m["groups/sampled"] == 8
+    assert m["groups/informative"] >= 4 and "b" not in kept and len(kept) == 4
+
+
+def test_overlong_soft_penalty_by_hand():
+    pen = overlong_penalty(np.array([10, 16, 18, 20]), max_len=20, buffer=4, penalty=1.0)
+    np.testing.assert_allclose(pen, [0.0, 0.0, -0.5, -1.0])
+    np.testing.assert_allclose(overlong_penalty(np.array([19, 20]), 20, 0, 1.0), [0.0, -1.0])
+
+
+def test_overlong_mask_zeroes_truncated_rows(tok):
+    tr = _trainer(tok, overlong="mask", max_new_tokens=4)
+    r = tr.rollout(_problems("abcd"), jax.random.key(0))
+    batch = tr._batch(r)
+    mask = np.asarray(batch.loss_mask_BxT)
+    assert r.truncated_B.any()
+    assert (mask[r.truncated_B] == 0).all()
+    assert (mask[~r.truncated_B].sum(1) == r.lengths_B[~r.truncated_B]).all()
+
+
+def test_reference_refreshes_every_n_steps(tok):
+    tr = _trainer(tok, kl_beta=0.1, ref_refresh_every=2)
+    first = jax.tree.leaves(tr.ref_params)[0].copy()
+    tr.step(_problems("abcd"), jax.random.key(0))
+    assert np.array_equal(jax.tree.leaves(tr.ref_params)[0], first)
+    tr.step(_problems("abcd"), jax.random.key(1))
+    np.testing.assert_array_equal(jax.tree.leaves(tr.ref_params)[0], jax.tree.leaves(tr.state.params)[0])
+
+
+def test_repeated_non_finite_updates_stop_the_run(tok):
+    tr = _trainer(tok, max_bad_steps=2)
+    tr.state = tr.state.replace(params=jax.tree.map(lambda x: x * np.nan, tr.state.params))
+    tr.step(_problems("abcd"), jax.random.key(0))
+    with pytest.raises(TrainingDiverged, match="2 consecutive"):
+        tr.step(_problems("abcd"), jax.random.key(1))
+    assert int(tr.state.skipped) == 2
+
+
+def test_rewards_run_in_the_pool_and_failures_are_counted(tok):
+    def boom(prompts, completions, **_):
+        raise RuntimeError("reward bug")
+
+    with RewardPool(num_workers=2, timeout_s=5.0) as pool:
+        tr = _trainer(tok, reward=boom, pool=pool)
+        m = tr.step(_problems("abcd"), jax.random.key(0))
+    assert m["reward/a_failures"] == 32 and m["reward/mean"] == 0.0
+
+
+def test_wrong_number_of_problems_is_an_error(tok):
+    with pytest.raises(ValueError, match="prompts_per_step=4"):
+        _trainer(tok).step(_problems("abc"), jax.random.key(0))

@@ -40,9 +40,17 @@ def choose_tokens(logits_BxV: jax.Array, rng: jax.Array, temperature_B: jax.Arra
     """
     logits_BxV = logits_BxV.astype(jnp.float32)
     greedy_B = jnp.argmax(logits_BxV, axis=-1)
-    safe_t_B = jnp.where(temperature_B > 0, temperature_B, 1.0)
-    filtered_BxV = top_p_mask(top_k_mask(logits_BxV / safe_t_B[:, None], top_k), top_p_B)
-    sampled_B = jax.random.categorical(rng, filtered_BxV, axis=-1)
+
+    def sample(_):
+        safe_t_B = jnp.where(temperature_B > 0, temperature_B, 1.0)
+        scaled_BxV = top_k_mask(logits_BxV / safe_t_B[:, None], top_k)
+        # the nucleus sort over the vocabulary is skipped when no row asks for it
+        scaled_BxV = jax.lax.cond(jnp.all(top_p_B >= 1.0), lambda x: x, lambda x: top_p_mask(x, top_p_B),
+                                  scaled_BxV)
+        return jax.random.categorical(rng, scaled_BxV, axis=-1)
+
+    # an all-greedy batch draws no random numbers at all
+    sampled_B = jax.lax.cond(jnp.any(temperature_B > 0), sample, lambda _: greedy_B, None)
     tokens_B = jnp.where(temperature_B > 0, sampled_B, greedy_B).astype(jnp.int32)
     logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
     logp_B = jnp.take_along_axis(logp_BxV, tokens_B[:, None], axis=-1)[:, 0]

@@ -86,7 +86,7 @@ class GRPOTrainer:
         self.ref_params = jax.tree.map(jnp.copy, params) if cfg.kl_beta else None
         self._update = make_grpo_step(self.sampler.model, self.tx, cfg, post_update)
         self._logps = make_logps_fn(self.sampler.model, cfg.logprob_chunk)
-        self._shuffle = np.random.default_rng(seed)
+        self.seed = seed
         self.rl_step = 0
         self.bad_steps = 0
 
@@ -177,7 +177,8 @@ class GRPOTrainer:
             batch = batch.replace(old_logps_BxT=self._logps(self.state.params, batch))
         if self.ref_params is not None:
             batch = batch.replace(ref_logps_BxT=self._logps(self.ref_params, batch))
-        order = self._shuffle.permutation(batch.advantages_B.shape[0])
+        # row order for minibatches: a function of (seed, step) only, so a resumed run repeats it
+        order = np.random.default_rng([self.seed, self.rl_step]).permutation(batch.advantages_B.shape[0])
         batch = jax.tree.map(lambda x: x[order], batch)
         self.state, dev_metrics = self._update(self.state, batch)
         dev_metrics = jax.device_get(dev_metrics)

@@ -1,0 +1,249 @@
+"""Metrics: JSONL + TensorBoard writers, resume-safe truncation, PNG plots, progress bars.
+
+`metrics.jsonl` holds one JSON object per line: `{"step": int, "time": unix
+seconds, "<name>": float, ...}`. Non-finite values are written as the strings
+"NaN", "Infinity" and "-Infinity" (strict JSON has no NaN); `read_metrics`
+turns them back into floats.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Iterable, Mapping
+
+import jax
+import numpy as np
+import tqdm
+
+JSONL_NAME = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _encode(value: float) -> float | str:
+    """A float as written to JSONL (non-finite as a string)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def _decode(value: Any) -> Any:
+    """Inverse of `_encode` for one JSONL value."""
+    return _NONFINITE.get(value, value) if isinstance(value, str) else value
+
+
+def _to_float(name: str, value: Any) -> float:
+    """A python/numpy/jax scalar as a float; anything else is an error naming it."""
+    array = np.asarray(value)
+    if array.ndim != 0 or not (np.issubdtype(array.dtype, np.number)
+                               or array.dtype == np.bool_):
+        raise TypeError(f"metric {name!r} is not a numeric scalar: "
+                        f"{type(value).__name__} of shape {array.shape}, dtype {array.dtype}")
+    return float(array)
+
+
+def _parse_lines(path: str) -> list[tuple[str, dict]]:
+    """(raw line, decoded record) pairs; a truncated last line (crash mid-write) is dropped."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    pairs = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # last line, no newline after it: cut short
+                break
+            raise ValueError(f"{path}:{number}: not a JSON line: {e}") from e
+        pairs.append((line, {k: _decode(v) for k, v in record.items()}))
+    return pairs
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Records of a metrics JSONL file; a truncated last line (crash mid-write) is dropped."""
+    return [record for _, record in _parse_lines(os.fspath(path))]
+
+
+def _repair_tail(path: str) -> None:
+    """Drop a partial last line (no newline, not JSON) so appends start on a fresh line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data or data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[cut:])
+    except ValueError:
+        with open(path, "rb+") as f:
+            f.truncate(cut)
+    else:
+        with open(path, "ab") as f:
+            f.write(b"\n")
+
+
+def truncate_after(path: str | os.PathLike, step: int) -> int:
+    """Drop records with step > `step` (and a truncated tail); return how many records went."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return 0
+    pairs = _parse_lines(path)
+    kept = [line for line, record in pairs if record["step"] <= step]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in kept)
+    os.replace(tmp, path)  # atomic: a crash here leaves the old file or the new one
+    return len(pairs) - len(kept)
+
+
+def _import_tensorboardx():
+    """tensorboardX, without letting it import torch (seconds, and unused for scalars)."""
+    if "torch" in sys.modules:
+        import tensorboardX
+        return tensorboardX
+    sys.modules["torch"] = None  # makes tensorboardX's optional `import torch` fail fast
+    try:
+        import tensorboardX
+    finally:
+        del sys.modules["torch"]
+    return tensorboardX
+
+
+class MetricsWriter:
+    """Append scalars to `workdir/metrics.jsonl` and TensorBoard events in `workdir/tensorboard`.
+
+    `enabled` defaults to `jax.process_index() == 0`, so every process may call
+    `write` and only one writes. `resume_step=S` (a run restarted from the
+    checkpoint of step S) first drops logged records after S, and tells
+    TensorBoard to discard its events after S, so a killed-and-resumed run
+    logs the same series as one left alone.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None,
+                 resume_step: int | None = None, tensorboard: bool = True,
+                 flush_secs: int = 30):
+        self.workdir = os.fspath(workdir)
+        self.path = os.path.join(self.workdir, JSONL_NAME)
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._file = None
+        self._tb = None
+        if not self.enabled:
+            return
+        os.makedirs(self.workdir, exist_ok=True)
+        if os.path.exists(self.path):
+            _repair_tail(self.path)
+            if resume_step is not None:
+                truncate_after(self.path, resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            tensorboardX = _import_tensorboardx()
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = tensorboardX.SummaryWriter(
+                os.path.join(self.workdir, TENSORBOARD_DIR), purge_step=purge,
+                flush_secs=flush_secs)
+
+    def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+        """Log one record of scalars (python, numpy or jax) at `step`."""
+        if not self.enabled:
+            return
+        if self._file is None:
+            raise RuntimeError(f"MetricsWriter for {self.path} is closed")
+        for reserved in ("step", "time"):
+            if reserved in scalars:
+                raise ValueError(f"metric name {reserved!r} is reserved ({self.path})")
+        values = {name: _to_float(name, v) for name, v in jax.device_get(dict(scalars)).items()}
+        now = time.time()
+        record = {"step": int(step), "time": now}
+        record.update({name: _encode(v) for name, v in values.items()})
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for name, value in values.items():
+                self._tb.add_scalar(name, value, global_step=int(step), walltime=now)
+
+    def flush(self) -> None:
+        """Push buffered TensorBoard events to disk (JSONL is flushed on every write)."""
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Flush and close both outputs; further writes raise."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def plot_metrics(jsonl_path: str | os.PathLike, keys: Iterable[str],
+                 out_png: str | os.PathLike, x: str = "step") -> list[str]:
+    """One line-plot panel per key in `out_png`; returns the keys plotted, missing ones skipped."""
+    from matplotlib.figure import Figure  # no pyplot: renders with Agg, global backend untouched
+
+    keys = list(keys)
+    records = read_metrics(jsonl_path)
+    series = {}
+    for key in keys:
+        points = [(r[x], r[key]) for r in records if key in r and x in r]
+        if points:
+            series[key] = points
+    if not series:
+        seen = sorted({k for r in records for k in r})
+        raise ValueError(f"none of {keys} (against {x!r}) in {os.fspath(jsonl_path)}; "
+                         f"it has {seen}")
+    ncols = min(3, len(series))
+    nrows = math.ceil(len(series) / ncols)
+    fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (key, points) in zip(axes, series.items()):
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, linewidth=1.2)
+        ax.set_title(key)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(series):]:
+        ax.set_visible(False)
+    fig.savefig(os.fspath(out_png), dpi=100)
+    return list(series)
+
+
+def _progress_default() -> bool:
+    """Bars show on a terminal of process 0, not in CI; R1JAX_PROGRESS=1/0 overrides."""
+    forced = os.environ.get("R1JAX_PROGRESS")
+    if forced is not None:
+        return forced not in ("", "0", "false", "False")
+    if os.environ.get("CI") or jax.process_index() != 0:
+        return False
+    return sys.stderr.isatty()
+
+
+def progress(iterable: Iterable | int | None = None, desc: str | None = None, *,
+             total: int | None = None, enabled: bool | None = None, **kwargs) -> tqdm.tqdm:
+    """A tqdm bar over `iterable`, or a manual one (`.update(n)`) when given an int total.
+
+    Quiet when stderr is not a terminal, in CI or on processes other than 0,
+    unless `enabled=True` (or R1JAX_PROGRESS=1); iterating still works when quiet.
+    """
+    if isinstance(iterable, int):
+        iterable, total = None, iterable
+    enabled = _progress_default() if enabled is None else enabled
+    return tqdm.tqdm(iterable, desc=desc, total=total, disable=not enabled,
+                     dynamic_ncols=True, **kwargs)
+
+
+def show_metrics(bar: tqdm.tqdm, metrics: Mapping[str, Any]) -> None:
+    """Show scalars (python, numpy or jax) as the bar's postfix, 4 significant digits."""
+    values = jax.device_get(dict(metrics))
+    bar.set_postfix({k: f"{_to_float(k, v):.4g}" for k, v in values.items()}, refresh=False)

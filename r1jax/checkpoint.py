@@ -228,6 +228,15 @@ class Checkpointer:
             state = jax.tree_util.tree_map_with_path(wrap, restored.state, target)
         return state, dict(restored.meta or {})
 
+    def read_meta(self, step: int | None = None) -> dict:
+        """The JSON meta of `step` (default: latest) without reading any array."""
+        self._manager.wait_until_finished()
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no committed checkpoint in {self.directory}")
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored.meta or {})
+
     def wait(self) -> None:
         """Block until every pending save is committed."""
         self._manager.wait_until_finished()

@@ -1,0 +1,316 @@
+"""Evaluation: k samples per problem → pass@1, cons@k, pass@k (DeepSeek-R1, arXiv 2501.12948, Sec. 3).
+
+    problems = load_jsonl("math500.jsonl")        # or generate_arithmetic(cfg, "test", 200), or the path itself
+    result = evaluate(params, model_cfg, tok, problems, k=16, max_new_tokens=1024, template=R1_ZERO,
+                      rng=jax.random.key(0))
+    result.summary()  # {"pass@1": …, "pass@16": …, "cons@16": …, "format": …, "gsm8k/pass@1": …}
+    result.write_jsonl("eval.jsonl")  # one line per problem: question, gold, k completions/answers/correctness
+
+Paper protocol: temperature 0.6, top-p 0.95, k samples per question; pass@1 is the mean
+correctness over the k samples, cons@k the accuracy of the majority-voted answer. pass@k is
+the unbiased estimator of Chen et al. 2021 (arXiv 2107.03374, Sec. 2.1).
+
+A sample is correct when its correctness function scores it >= 1 (full marks). The function
+has the reward signature `fn(prompts, completions, **columns) -> list[float]` and is called
+once per task with that task's `Problem.columns()`; by default accuracy for every task but
+countdown, which is scored by the countdown reward. A fork passes its own `correctness_fn`.
+cons@k votes over `answer_fn` answers (default: the last `<answer>`, else `\\boxed{}`) grouped by
+`normalize_answer`; the vote's correctness is that of the first sample giving the winning answer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from r1jax.config import ModelConfig
+from r1jax.data import Problem, batch_columns, load_jsonl
+from r1jax.rewards import (RewardFn, RewardPool, WeightedReward, accuracy_reward, combine_rewards, countdown_reward,
+                           format_reward)
+from r1jax.sampling import Sampler
+from r1jax.text import final_answer
+from r1jax.tokenizer import Tokenizer
+
+PAPER_TEMPERATURE, PAPER_TOP_P = 0.6, 0.95  # R1 paper, Sec. 3 evaluation setup
+TASK_CORRECTNESS: dict[str, RewardFn] = {"countdown": countdown_reward}  # every other task: accuracy_reward
+
+_SPACE_RE = re.compile(r"\s+|\\[,;:! ]")
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\{(.*)\}", re.DOTALL)
+_THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?")
+_NUMBER_RE = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)")
+_SLASH_RE = re.compile(r"([-+]?\d+)/([-+]?\d+)")
+_FRAC_RE = re.compile(r"([-+]?)\\[dt]?frac\{([-+]?\d+(?:\.\d+)?)\}\{([-+]?\d+(?:\.\d+)?)\}")
+
+
+# ----------------------------------------------------------------------------- metrics
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k = 1 − C(n−c, k)/C(n, k) for c correct of n samples (Chen et al. 2021, product form)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def pass_at_1(correct_PxK: Any) -> float:
+    """Mean correctness over each problem's k samples, averaged over problems (R1 paper's pass@1)."""
+    correct_PxK = np.asarray(correct_PxK, np.float64)
+    if correct_PxK.ndim != 2 or correct_PxK.size == 0:
+        raise ValueError(f"pass_at_1 needs a non-empty [problems, k] array, got shape {correct_PxK.shape}")
+    return float(correct_PxK.mean(axis=1).mean())
+
+
+def normalize_answer(answer: str | None) -> str | None:
+    """Canonical voting key: no `$`/`\\boxed{}` wrapping, spaces or thousands commas; numbers as exact fractions.
+
+    "3.0" → "3", "0.5" / "1/2" / "\\frac{1}{2}" → "1/2"; None for a missing or blank answer.
+    """
+    if answer is None:
+        return None
+    text, previous = answer.replace("\u2212", "-"), None
+    while text != previous:  # peel `$…$` and `\boxed{…}` in any order and depth
+        previous = text = text.strip().strip("$").strip()
+        if (m := _BOXED_RE.fullmatch(text)) and _balanced(m[1]):
+            text = m[1]
+    text = _SPACE_RE.sub("", text).rstrip(".")
+    if _THOUSANDS_RE.fullmatch(text):
+        text = text.replace(",", "")
+    value = _as_number(text)
+    return str(value) if value is not None else (text or None)
+
+
+def majority_vote(answers: Sequence[str | None]) -> str | None:
+    """The first-seen raw answer of the largest group of equal `normalize_answer` keys; ties go to the first seen.
+
+    A sample without an answer votes for None, so None wins when most samples have no answer.
+    """
+    if not answers:
+        raise ValueError("majority_vote needs at least one answer")
+    counts: dict[str | None, int] = {}
+    first: dict[str | None, str | None] = {}
+    for answer in answers:
+        key = normalize_answer(answer)
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, answer)
+    return first[max(counts, key=counts.__getitem__)]  # dicts keep first-seen order: ties → first
+
+
+def cons_at_k(answers_PxK: Sequence[Sequence[str | None]], correct_answer_check: Callable[[int, str], bool]) -> float:
+    """Accuracy of each problem's majority-voted answer; `correct_answer_check(problem_index, answer)` judges it.
+
+    A vote won by None (no answer) is never correct (R1 paper's cons@k).
+    """
+    if not answers_PxK:
+        raise ValueError("cons_at_k needs at least one problem")
+    voted = [majority_vote(answers) for answers in answers_PxK]
+    return float(np.mean([v is not None and bool(correct_answer_check(i, v)) for i, v in enumerate(voted)]))
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += (ch == "{") - (ch == "}")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _as_number(text: str) -> Fraction | None:
+    """Exact value of an integer, decimal, `a/b` or `\\frac{a}{b}`; None otherwise."""
+    try:
+        if _NUMBER_RE.fullmatch(text):
+            return Fraction(text)
+        if m := _SLASH_RE.fullmatch(text):
+            return Fraction(int(m[1]), int(m[2]))
+        if m := _FRAC_RE.fullmatch(text):
+            return Fraction(m[2]) / Fraction(m[3]) * (-1 if m[1] == "-" else 1)
+    except ZeroDivisionError:
+        return None
+    return None
+
+
+# ----------------------------------------------------------------------------- results
+@dataclasses.dataclass(frozen=True)
+class ProblemRecord:
+    """One problem's k samples: completions, extracted answers, correctness, and the majority vote."""
+
+    id: str
+    task: str
+    question: str
+    gold: str
+    completions: list[str]
+    answers: list[str | None]
+    correct: list[bool]
+    lengths: list[int]
+    truncated: list[bool]
+    well_formed: list[bool]
+    voted: str | None
+    voted_correct: bool
+
+
+def record_metrics(records: Sequence[ProblemRecord], k: int) -> dict[str, float]:
+    """pass@1, pass@k, cons@k, format rate, answered rate, length and truncation over `records`."""
+    correct_PxK = np.array([r.correct for r in records], bool)
+    per_sample = lambda name: float(np.mean([x for r in records for x in getattr(r, name)]))  # noqa: E731
+    return {"pass@1": pass_at_1(correct_PxK),
+               f"pass@{k}": float(np.mean([pass_at_k(k, int(c), k) for c in correct_PxK.sum(axis=1)])),
+               f"cons@{k}": float(np.mean([r.voted_correct for r in records])),
+               "format": per_sample("well_formed"),
+               "answered": float(np.mean([a is not None for r in records for a in r.answers])),
+               "length_mean": per_sample("lengths"),
+               "truncated_frac": per_sample("truncated"),
+               "problems": float(len(records))}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Metrics over all problems and per task, and the per-problem records they come from."""
+
+    k: int
+    metrics: dict[str, float]
+    by_task: dict[str, dict[str, float]]
+    records: list[ProblemRecord]
+    reward_failures: int = 0
+
+    @property
+    def pass_at_1(self) -> float:
+        return self.metrics["pass@1"]
+
+    @property
+    def pass_at_k(self) -> float:
+        return self.metrics[f"pass@{self.k}"]
+
+    @property
+    def cons_at_k(self) -> float:
+        return self.metrics[f"cons@{self.k}"]
+
+    @property
+    def format_rate(self) -> float:
+        return self.metrics["format"]
+
+    @property
+    def length_mean(self) -> float:
+        return self.metrics["length_mean"]
+
+    @property
+    def truncated_frac(self) -> float:
+        return self.metrics["truncated_frac"]
+
+    def summary(self) -> dict[str, float]:
+        """Flat floats for metric logging: overall names, then `<task>/<name>` per task."""
+        out = {**self.metrics, "reward_failures": float(self.reward_failures)}
+        for task, metrics in self.by_task.items():
+            out.update({f"{task}/{name}": value for name, value in metrics.items()})
+        return out
+
+    def write_jsonl(self, path: str | os.PathLike) -> None:
+        """One JSON object per problem record (UTF-8), written atomically."""
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in self.records:
+                f.write(json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- sampling and scoring
+def sample_completions(sampler: Sampler, params: Any, tokenizer: Tokenizer, prompts: Sequence[str],
+                       rng: jax.Array, *, k: int, max_new_tokens: int, temperature: float, top_p: float,
+                       batch_size: int, add_bos: bool = True) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """k completions per prompt as (texts, lengths, truncated), rows i·k … i·k+k−1 for prompt i.
+
+    Prompts go `batch_size` at a time (batch b samples with `fold_in(rng, b)`); a short last batch
+    is padded with copies of its last prompt so every call reuses the compiled shapes.
+    """
+    prompt_ids = [tokenizer.encode(p, add_bos=add_bos) for p in prompts]  # as GRPOTrainer.rollout
+    starts = range(0, len(prompt_ids), batch_size)
+    texts: list[str] = []
+    lengths, truncated = [], []
+    quiet = True if len(starts) == 1 else None  # None: tqdm shows only on a terminal (quiet under pytest)
+    for b, start in enumerate(tqdm(starts, desc="evaluate", unit="batch", disable=quiet)):
+        chunk = prompt_ids[start:start + batch_size]
+        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
+        out = sampler.sample(params, padded, jax.random.fold_in(rng, b), group_size=k,
+                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        tokens_BxT, lengths_B, truncated_B = jax.device_get((out.tokens_BxT, out.lengths_B, out.truncated_B))
+        rows = len(chunk) * k
+        texts += [tokenizer.decode(row[:n]) for row, n in zip(tokens_BxT[:rows], lengths_B[:rows])]
+        lengths.append(lengths_B[:rows])
+        truncated.append(truncated_B[:rows])
+    return texts, np.concatenate(lengths).astype(int), np.concatenate(truncated).astype(bool)
+
+
+def score_correctness(problems: Sequence[Problem], prompts: Sequence[str], completions: Sequence[str], k: int,
+                      correctness_fn: RewardFn | None = None,
+                      pool: RewardPool | None = None) -> tuple[np.ndarray, int]:
+    """(correct_PxK bool, failed samples): each task's rows scored by its function; correct means score >= 1."""
+    scores_B = np.zeros(len(completions))
+    failures = 0
+    for task in dict.fromkeys(p.task for p in problems):
+        rows = [i * k + j for i, p in enumerate(problems) if p.task == task for j in range(k)]
+        fn = correctness_fn or TASK_CORRECTNESS.get(task, accuracy_reward)
+        columns = batch_columns([problems[r // k] for r in rows])
+        scored = combine_rewards([prompts[r // k] for r in rows], [completions[r] for r in rows],
+                                 {"correct": WeightedReward(fn, 1.0)}, pool=pool, **columns)
+        scores_B[rows] = scored.total
+        failures += scored.errors["correct"] + scored.timeouts["correct"]
+    return (scores_B >= 1.0).reshape(len(problems), k), failures
+
+
+# ----------------------------------------------------------------------------- entry point
+def evaluate(params: Any, model_cfg: ModelConfig, tokenizer: Tokenizer,
+             problems: Sequence[Problem] | str | os.PathLike, *, max_new_tokens: int, template: Any,
+             rng: jax.Array, k: int = 4, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
+             batch_size: int = 32, sampler: Sampler | None = None, correctness_fn: RewardFn | None = None,
+             answer_fn: Callable[[str], str | None] = final_answer, pool: RewardPool | None = None,
+             add_bos: bool = True) -> EvalResult:
+    """Sample k completions per problem, score them, and compute pass@1, pass@k, cons@k (R1 protocol defaults).
+
+    `problems` is a sequence of Problems or the path of a GSM8K/MATH JSONL file (`load_jsonl`).
+    `template` renders questions (e.g. R1_ZERO); `answer_fn` extracts the answer that cons@k votes on;
+    pass a trainer's `sampler` to reuse its compiled code.
+    """
+    if isinstance(problems, (str, os.PathLike)):
+        problems = load_jsonl(problems)
+    problems = list(problems)
+    if not problems:
+        raise ValueError("evaluate needs at least one problem")
+    if not all(isinstance(p, Problem) for p in problems):
+        raise TypeError("problems must be r1jax.data.Problem instances (or a JSONL path)")
+    for name, value in (("k", k), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if sampler is None:
+        sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    prompts = [template.render(p.question) for p in problems]
+    texts, lengths_B, truncated_B = sample_completions(
+        sampler, params, tokenizer, prompts, rng, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, batch_size=min(batch_size, len(problems)), add_bos=add_bos)
+    correct_PxK, failures = score_correctness(problems, prompts, texts, k, correctness_fn, pool)
+    well_formed_B = np.asarray(format_reward([p for p in prompts for _ in range(k)], texts)) >= 1.0
+
+    records = []
+    for i, p in enumerate(problems):
+        rows = slice(i * k, (i + 1) * k)
+        answers = [answer_fn(t) for t in texts[rows]]
+        voted = majority_vote(answers)
+        # the vote's correctness is that of the first sample giving it (the voted raw answer)
+        voted_correct = voted is not None and bool(correct_PxK[i, answers.index(voted)])
+        records.append(ProblemRecord(
+            id=p.id, task=p.task, question=p.question, gold=p.answer, completions=texts[rows], answers=answers,
+            correct=correct_PxK[i].tolist(), lengths=lengths_B[rows].tolist(),
+            truncated=truncated_B[rows].tolist(), well_formed=well_formed_B[rows].tolist(),
+            voted=voted, voted_correct=voted_correct))
+    by_task = {task: record_metrics([r for r in records if r.task == task], k)
+               for task in dict.fromkeys(p.task for p in problems)}
+    return EvalResult(k=k, metrics=record_metrics(records, k), by_task=by_task, records=records,
+                      reward_failures=failures)

@@ -1,0 +1,198 @@
+"""The jitted SFT update: masked next-token cross-entropy on packed rows, optional logit distillation.
+
+    step = make_sft_step(model, tx, chunk=256, grad_accum=4)
+    state, metrics = step(state, batch)                       # batch: a PackedBatch; state is donated
+
+    step = make_distill_step(student, teacher, tx, alpha=0.5, temperature=2.0)
+    state, metrics = step(state, batch, teacher_params)       # teacher params are not donated
+
+Used for DeepSeek-R1's cold-start SFT, its rejection-sampling SFT and the
+distillation of R1 into small dense models (arXiv 2501.12948, §2.3, §2.4); the
+paper distils by plain SFT (alpha = 0). The loss is the mean over all loss tokens
+of the batch; with `grad_accum` micro-batches each micro-batch's token sum is
+divided by the whole batch's token count, so accumulating is exact. The LM head
+runs `chunk` positions at a time (rematerialized), so [B, L, V] logits never
+exist whole, for the student or the teacher. `post_update(state, metrics)` runs
+after the optimizer update, as in `grpo_step`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from r1jax.data.packing import PackedBatch
+from r1jax.model import Transformer
+from r1jax.train.optim import TrainState, apply_gradients
+
+Metrics = dict[str, jax.Array]
+
+
+def next_token_targets(batch: PackedBatch) -> tuple[jax.Array, jax.Array]:
+    """(targets_BxL, weights_BxL): slot t predicts token t+1 of its own segment where that token is a target."""
+    tokens_BxL, seg_BxL = jnp.asarray(batch.tokens_BxL), jnp.asarray(batch.segment_ids_BxL)
+    same_Bx1L = (seg_BxL[:, 1:] == seg_BxL[:, :-1]) & (seg_BxL[:, 1:] != 0)
+    weights_Bx1L = jnp.asarray(batch.loss_mask_BxL, jnp.float32)[:, 1:] * same_Bx1L
+    pad_Bx1 = jnp.zeros((tokens_BxL.shape[0], 1), jnp.int32)
+    targets_BxL = jnp.concatenate([tokens_BxL[:, 1:], pad_Bx1], axis=1)
+    weights_BxL = jnp.concatenate([weights_Bx1L, pad_Bx1.astype(jnp.float32)], axis=1)
+    return targets_BxL, weights_BxL
+
+
+def kd_kl(student_logits_XxV: jax.Array, teacher_logits_XxV: jax.Array, temperature: float) -> jax.Array:
+    """KL(softmax(teacher/τ) ‖ softmax(student/τ)) over the last axis (Hinton et al. 2015)."""
+    logq_XxV = jax.nn.log_softmax(teacher_logits_XxV.astype(jnp.float32) / temperature, axis=-1)
+    logp_XxV = jax.nn.log_softmax(student_logits_XxV.astype(jnp.float32) / temperature, axis=-1)
+    return (jnp.exp(logq_XxV) * (logq_XxV - logp_XxV)).sum(-1)
+
+
+def chunked_map(fn: Callable[..., tuple[jax.Array, ...]], chunk: int, *xs_BxT: jax.Array) -> tuple[jax.Array, ...]:
+    """fn on C positions at a time (each x is [B, T, …], each output [B, C]), rematerialized; outputs [B, T]."""
+    batch, length = xs_BxT[0].shape[:2]
+    chunk = max(1, min(chunk, length))
+    pad = -length % chunk
+    n = (length + pad) // chunk
+
+    def split(x_BxT):
+        x_BxT = jnp.pad(x_BxT, [(0, 0), (0, pad)] + [(0, 0)] * (x_BxT.ndim - 2))
+        return x_BxT.reshape(batch, n, chunk, *x_BxT.shape[2:]).swapaxes(0, 1)
+
+    body = jax.checkpoint(fn)  # recompute each chunk's logits in the backward pass instead of storing them
+    _, ys_NxBxC = jax.lax.scan(lambda carry, xs: (carry, body(*xs)), None, tuple(split(x) for x in xs_BxT))
+    return tuple(y.swapaxes(0, 1).reshape(batch, -1)[:, :length] for y in ys_NxBxC)
+
+
+def _hidden(model: Transformer, params, batch: PackedBatch) -> jax.Array:
+    seg_BxL = batch.segment_ids_BxL
+    hidden_BxLxE, _ = model.apply({"params": params}, batch.tokens_BxL, batch.positions_BxL, seg_BxL != 0,
+                                  method="hidden", segment_ids=seg_BxL)
+    return hidden_BxLxE
+
+
+def token_losses(model: Transformer, params, batch: PackedBatch, chunk: int, teacher: Transformer | None = None,
+                 teacher_params=None, temperature: float = 1.0) -> tuple[jax.Array, ...]:
+    """Per-slot (ce_BxL, correct_BxL, kl_BxL, weights_BxL); kl is zeros without a teacher."""
+    targets_BxL, weights_BxL = next_token_targets(batch)
+    hidden_BxLxE = _hidden(model, params, batch)
+    t_hidden_BxLxE = (jnp.zeros(hidden_BxLxE.shape[:2] + (1,), hidden_BxLxE.dtype) if teacher is None
+                      else jax.lax.stop_gradient(_hidden(teacher, teacher_params, batch)))
+
+    def one_chunk(hidden_BxCxE, t_hidden_BxCxE, targets_BxC):
+        logits_BxCxV = model.apply({"params": params}, hidden_BxCxE, method="logits").astype(jnp.float32)
+        logp_BxC = jnp.take_along_axis(jax.nn.log_softmax(logits_BxCxV, -1), targets_BxC[..., None], -1)[..., 0]
+        correct_BxC = (jnp.argmax(logits_BxCxV, -1) == targets_BxC).astype(jnp.float32)
+        if teacher is None:
+            return -logp_BxC, correct_BxC, jnp.zeros_like(logp_BxC)
+        t_logits_BxCxV = teacher.apply({"params": teacher_params}, t_hidden_BxCxE, method="logits")
+        return -logp_BxC, correct_BxC, kd_kl(logits_BxCxV, jax.lax.stop_gradient(t_logits_BxCxV), temperature)
+
+    ce_BxL, correct_BxL, kl_BxL = chunked_map(one_chunk, chunk, hidden_BxLxE, t_hidden_BxLxE, targets_BxL)
+    return ce_BxL, correct_BxL, kl_BxL, weights_BxL
+
+
+def _rows(batch: PackedBatch, start: jax.Array, size: int) -> PackedBatch:
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=0), batch)
+
+
+def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int, grad_accum: int,
+                post_update: Callable[[TrainState, Metrics], TrainState] | None,
+                teacher: Transformer | None, alpha: float, temperature: float):
+    """step(state, batch, teacher_params) → (state, metrics), not yet jitted."""
+    if grad_accum < 1:
+        raise ValueError(f"grad_accum={grad_accum} must be >= 1")
+
+    def loss_fn(params, mb: PackedBatch, teacher_params, total):
+        ce_BxL, correct_BxL, kl_BxL, w_BxL = token_losses(model, params, mb, chunk, teacher, teacher_params,
+                                                          temperature)
+        per_token_BxL = ce_BxL if teacher is None else (1 - alpha) * ce_BxL + alpha * temperature ** 2 * kl_BxL
+        sums = {"loss": (per_token_BxL * w_BxL).sum(), "ce": (ce_BxL * w_BxL).sum(),
+                "accuracy": (correct_BxL * w_BxL).sum()}
+        if teacher is not None:
+            sums["kl"] = (kl_BxL * w_BxL).sum()
+        return sums["loss"] / total, sums
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, batch: PackedBatch, teacher_params):
+        rows = batch.tokens_BxL.shape[0]
+        if rows % grad_accum:
+            raise ValueError(f"batch of {rows} rows does not split into {grad_accum} micro-batches")
+        micro = rows // grad_accum
+        tokens = next_token_targets(batch)[1].sum()
+        total = jnp.maximum(tokens, 1.0)
+
+        def grads_and_sums(i):
+            (_, sums), grads = grad_fn(state.params, _rows(batch, i * micro, micro), teacher_params, total)
+            return grads, sums
+
+        if grad_accum == 1:
+            grads, sums = grads_and_sums(0)
+        else:
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grads_and_sums, 0))
+            (grads, sums), _ = jax.lax.scan(lambda acc, i: (jax.tree.map(jnp.add, acc, grads_and_sums(i)), None),
+                                            zeros, jnp.arange(grad_accum))
+        metrics = {k: v / total for k, v in sums.items()}
+        state, opt_metrics = apply_gradients(state, grads, metrics["loss"], tx)
+        metrics = {**metrics, **opt_metrics, "skipped": 1.0 - opt_metrics["finite"], "tokens": tokens,
+                   "input_tokens": (batch.segment_ids_BxL != 0).sum().astype(jnp.float32)}
+        if post_update is not None:
+            state = post_update(state, metrics)
+        return state, metrics
+
+    return step
+
+
+def make_sft_step(model: Transformer, tx: optax.GradientTransformation, chunk: int = 256,
+                  post_update: Callable[[TrainState, Metrics], TrainState] | None = None, *, grad_accum: int = 1
+                  ) -> Callable[[TrainState, PackedBatch], tuple[TrainState, Metrics]]:
+    """Jitted SFT update (state donated); metrics: loss, ce, accuracy, tokens, input_tokens, grad_norm, skipped."""
+    step = _build_step(model, tx, chunk, grad_accum, post_update, None, 0.0, 1.0)
+    return jax.jit(lambda state, batch: step(state, batch, None), donate_argnums=(0,))
+
+
+def make_distill_step(student: Transformer, teacher: Transformer, tx: optax.GradientTransformation,
+                      alpha: float = 0.5, temperature: float = 1.0, chunk: int = 256,
+                      post_update: Callable[[TrainState, Metrics], TrainState] | None = None, *, grad_accum: int = 1
+                      ) -> Callable[..., tuple[TrainState, Metrics]]:
+    """Jitted (state, batch, teacher_params) update on (1−α)·CE + α·τ²·KL(teacher_τ ‖ student_τ).
+
+    Logit distillation with temperature τ (Hinton et al. 2015, arXiv 1503.02531):
+    the τ² keeps the soft term's gradient scale independent of τ. The teacher may be a
+    different (larger) ModelConfig with the same vocabulary; its forward pass runs
+    without gradient, its logits chunk by chunk beside the student's.
+    """
+    if student.cfg.vocab_size != teacher.cfg.vocab_size:
+        raise ValueError(f"student vocab {student.cfg.vocab_size} != teacher vocab {teacher.cfg.vocab_size}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must be in [0, 1]")
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+    step = _build_step(student, tx, chunk, grad_accum, post_update, teacher, alpha, temperature)
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def make_eval_loss(model: Transformer, chunk: int = 256) -> Callable[..., Metrics]:
+    """Jitted (params, batch) → loss and accuracy (means over loss tokens), plus sums to pool batches."""
+
+    @jax.jit
+    def eval_loss(params, batch: PackedBatch) -> Metrics:
+        ce_BxL, correct_BxL, _, w_BxL = token_losses(model, params, batch, chunk)
+        tokens, loss_sum, correct_sum = w_BxL.sum(), (ce_BxL * w_BxL).sum(), (correct_BxL * w_BxL).sum()
+        total = jnp.maximum(tokens, 1.0)
+        return {"loss": loss_sum / total, "accuracy": correct_sum / total, "tokens": tokens,
+                "loss_sum": loss_sum, "correct_sum": correct_sum}
+
+    return eval_loss
+
+
+def pooled_eval(eval_loss: Callable[..., Metrics], params, batches: Iterable[PackedBatch]) -> dict[str, float]:
+    """Loss and accuracy over every loss token of `batches` (token-weighted, not a mean of batch means)."""
+    sums = {"loss_sum": 0.0, "correct_sum": 0.0, "tokens": 0.0}
+    for batch in batches:
+        out = eval_loss(params, batch)
+        sums = {k: v + out[k] for k, v in sums.items()}  # stays on device until the end
+    tokens = float(sums["tokens"])
+    return {"loss": float(sums["loss_sum"]) / max(tokens, 1.0),
+            "accuracy": float(sums["correct_sum"]) / max(tokens, 1.0), "tokens": tokens}

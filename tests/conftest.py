@@ -1,5 +1,6 @@
 """Test setup: 8 CPU devices for sharding tests, strict rank promotion."""
 import os
+import tempfile
 
 # Must happen before jax initializes its backends.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -11,3 +12,10 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Many tests build the same tiny models in fresh closures: a persistent compilation
+# cache (per test session) lets identical programs compile once.
+_cache_dir = tempfile.mkdtemp(prefix="r1jax-jax-cache-")
+jax.config.update("jax_compilation_cache_dir", _cache_dir)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

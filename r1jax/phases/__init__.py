@@ -1,0 +1,7 @@
+"""Phases of the DeepSeek-R1 recipe and the runner that executes a list of them with checkpoints."""
+from r1jax.phases.runner import Phase, RunContext, Runner, StopRun
+from r1jax.phases.sample_phases import EvalPhase, RejectionSamplingPhase, keep_trace, read_sft_jsonl
+from r1jax.phases.train_phases import RLPhase, SFTPhase, TokenizerPhase, problem_stream
+
+__all__ = ["EvalPhase", "Phase", "RLPhase", "RejectionSamplingPhase", "RunContext", "Runner", "SFTPhase",
+           "StopRun", "TokenizerPhase", "keep_trace", "problem_stream", "read_sft_jsonl"]

@@ -1,0 +1,128 @@
+"""Sampling phases: evaluation, and rejection sampling into an SFT dataset (DeepSeek-R1 §2.3.3)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from r1jax.data import Problem
+from r1jax.evaluate import evaluate
+from r1jax.phases.runner import RunContext
+from r1jax.rewards import RewardPool, language_share
+from r1jax.rewards.format import is_well_formed
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPhase:
+    """pass@1 over k samples, cons@k and pass@k on `problems(ctx)` (paper protocol: T 0.6, top-p 0.95)."""
+
+    name: str
+    problems: Callable[[RunContext], Sequence[Problem]]
+    template: Any
+    max_new_tokens: int
+    k: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.95
+
+    def state_template(self, ctx: RunContext) -> Any:
+        return {}
+
+    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+        with RewardPool(2, 10.0) as pool:
+            result = evaluate(ctx.params, ctx.model_cfg, ctx.tokenizer, self.problems(ctx),
+                              max_new_tokens=self.max_new_tokens, template=self.template, rng=ctx.rng(),
+                              k=self.k, temperature=self.temperature, top_p=self.top_p, pool=pool)
+        result.write_jsonl(os.path.join(ctx.workdir, f"{self.name}.jsonl"))
+        summary = result.summary()
+        ctx.results[self.name] = summary
+        ctx.log(summary)
+
+
+_CODE_BLOCK = re.compile(r"```")
+
+
+def keep_trace(completion: str, correct: bool, *, language: str = "en", min_language_share: float = 0.95,
+               max_paragraph_chars: int = 2000) -> str | None:
+    """Why a sampled trace is rejected, or None to keep it (R1 §2.3.3: correct, one language,
+    no very long paragraphs, no code blocks)."""
+    if not correct:
+        return "incorrect"
+    if not is_well_formed(completion):
+        return "malformed"
+    if _CODE_BLOCK.search(completion):
+        return "code_block"
+    if max(len(p) for p in completion.split("\n\n")) > max_paragraph_chars:
+        return "long_paragraph"
+    if language_share(completion, language) < min_language_share:
+        return "mixed_language"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectionSamplingPhase:
+    """Sample k completions per problem from the current policy, keep the correct and clean ones,
+    and write them as a JSONL SFT dataset ({"prompt", "completion", "id"}) in the workdir."""
+
+    name: str
+    problems: Callable[[RunContext], Sequence[Problem]]
+    template: Any
+    max_new_tokens: int
+    k: int = 4
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_per_problem: int = 1
+    language: str = "en"
+
+    def output_path(self, ctx: RunContext) -> str:
+        return os.path.join(ctx.workdir, f"{self.name}.jsonl")
+
+    def state_template(self, ctx: RunContext) -> Any:
+        return {}
+
+    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+        problems = list(self.problems(ctx))
+        with RewardPool(2, 10.0) as pool:
+            result = evaluate(ctx.params, ctx.model_cfg, ctx.tokenizer, problems, max_new_tokens=self.max_new_tokens,
+                              template=self.template, rng=ctx.rng(), k=self.k, temperature=self.temperature,
+                              top_p=self.top_p, pool=pool)
+        rows, reasons = [], {}
+        for problem, rec in zip(problems, result.records):
+            kept = 0
+            for completion, ok, truncated in zip(rec.completions, rec.correct, rec.truncated):
+                why = "truncated" if truncated else keep_trace(completion, bool(ok), language=self.language)
+                if why is None and kept < self.max_per_problem:
+                    rows.append({"id": problem.id, "prompt": self.template.render(problem.question),
+                                 "completion": completion})
+                    kept += 1
+                elif why is not None:
+                    reasons[why] = reasons.get(why, 0) + 1
+        path = self.output_path(ctx)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        summary = {"kept": float(len(rows)), "sampled": float(len(problems) * self.k),
+                   **{f"rejected/{k}": float(v) for k, v in reasons.items()}}
+        ctx.results[self.name] = summary
+        ctx.log(summary)
+
+
+def read_sft_jsonl(path: str) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs from a rejection-sampling JSONL file; errors name file and line."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                pairs.append((row["prompt"], row["completion"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: not a {{'prompt', 'completion'}} record ({e})") from None
+    if not pairs:
+        raise ValueError(f"{path}: no SFT records (did rejection sampling keep nothing?)")
+    return pairs

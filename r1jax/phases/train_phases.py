@@ -1,0 +1,183 @@
+"""Training phases: tokenizer, supervised (pretraining, cold start, SFT, distillation), GRPO.
+
+Each is a frozen dataclass; data comes from plain callables of the run context,
+so an experiment file composes a recipe in Python and a fork swaps a reward or
+a dataset by passing a different function.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from r1jax.config import GRPOConfig, OptimizerConfig
+from r1jax.data import Problem
+from r1jax.data.packing import batches, batches_per_epoch, encode_examples, pack
+from r1jax.metrics import progress, show_metrics
+from r1jax.model import init_params
+from r1jax.phases.runner import RunContext, abstract_params
+from r1jax.rewards import RewardPool, WeightedReward
+from r1jax.rl.loop import GRPOTrainer
+from r1jax.tokenizer import Tokenizer
+from r1jax.train.optim import init_train_state, make_optimizer
+from r1jax.train.sft_step import make_sft_step
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerPhase:
+    """Train the SentencePiece tokenizer on `texts(ctx)` and size the model's vocabulary to it."""
+
+    texts: Callable[[RunContext], Sequence[str]]
+    vocab_size: int = 512
+    name: str = "tokenizer"
+
+    def state_template(self, ctx: RunContext) -> Any:
+        return {}
+
+    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+        tok = Tokenizer.train(iter(self.texts(ctx)), vocab_size=self.vocab_size)
+        tok.save(ctx.tokenizer_path)
+        ctx.set_tokenizer(tok)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTPhase:
+    """Supervised training on (prompt, completion) pairs, loss on completion tokens, packed rows.
+
+    Pretraining of the tiny base is this phase with empty prompts; the cold start,
+    the rejection-sampling SFT and distillation are this phase on their data.
+    """
+
+    name: str
+    pairs: Callable[[RunContext], Sequence[tuple[str, str]]]
+    steps: int
+    batch_size: int = 32
+    seq_len: int = 256
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3)
+    logprob_chunk: int = 256
+    log_every: int = 10
+
+    def _tx(self):
+        return make_optimizer(self.optimizer)
+
+    def state_template(self, ctx: RunContext) -> Any:
+        return jax.eval_shape(lambda p: init_train_state(p, self._tx()), abstract_params(ctx.model_cfg))
+
+    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+        if ctx.tokenizer is None:
+            raise ValueError(f"phase {self.name!r} needs a tokenizer: put a TokenizerPhase before it")
+        if ctx.params is None:
+            ctx.params = init_params(ctx.model_cfg, ctx.rng())
+        examples = encode_examples(ctx.tokenizer, list(self.pairs(ctx)))
+        packed, stats = pack(examples, self.seq_len)
+        tx = self._tx()
+        state = init_train_state(ctx.params, tx) if state is None else state
+        step_fn = make_sft_step(ctx.model, tx, chunk=self.logprob_chunk)
+        cursor = cursor or {"step": 0, "epoch": 0, "index": 0}
+        per_epoch = batches_per_epoch(packed, self.batch_size)
+        if per_epoch == 0:
+            raise ValueError(f"phase {self.name!r}: {len(examples)} examples packed into "
+                             f"{packed.tokens_BxL.shape[0]} rows of seq_len={self.seq_len} "
+                             f"({stats.dropped_overlong} dropped as longer), fewer than batch_size={self.batch_size}")
+        epochs = cursor["epoch"] + -(-(self.steps - cursor["step"]) // per_epoch) + 1
+        stream = batches(packed, self.batch_size, ctx.seed, cursor["epoch"], cursor["index"], epochs=epochs)
+        bar = progress(total=self.steps, desc=self.name, initial=cursor["step"])
+        for step, (batch, after) in zip(range(cursor["step"], self.steps), stream):
+            state, metrics = step_fn(state, batch)
+            cursor = {"step": step + 1, "epoch": after.epoch, "index": after.index}
+            if (step + 1) % self.log_every == 0 or step + 1 == self.steps:
+                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                m["epoch"] = step * self.batch_size / packed.tokens_BxL.shape[0]
+                show_metrics(bar, m)
+                ctx.log(m, step_done=False)
+                ctx.advance()
+            else:
+                ctx.advance()
+            bar.update(1)
+            ctx.params = state.params
+            ctx.maybe_save(step + 1, state, cursor)
+        bar.close()
+        ctx.params = state.params
+        ctx.results[self.name] = {"rows": int(packed.tokens_BxL.shape[0]), "fill": float(stats.fill),
+                                  "dropped_overlong": int(stats.dropped_overlong)}
+
+
+def problem_stream(problems: Sequence[Problem], seed: int, start: int) -> Callable[[int], list[Problem]]:
+    """`take(n)`: the next n problems of an endless reshuffled stream, from position `start`."""
+    pos = [start]
+
+    def take(n: int) -> list[Problem]:
+        out = []
+        for i in range(pos[0], pos[0] + n):
+            epoch, j = divmod(i, len(problems))
+            out.append(problems[np.random.default_rng([seed, epoch]).permutation(len(problems))[j]])
+        pos[0] += n
+        return out
+
+    take.position = pos  # type: ignore[attr-defined]
+    return take
+
+
+@dataclasses.dataclass(frozen=True)
+class RLPhase:
+    """GRPO on `problems(ctx)` with rule-based `rewards` (R1-Zero, R1 reasoning RL)."""
+
+    name: str
+    problems: Callable[[RunContext], Sequence[Problem]]
+    rewards: Mapping[str, WeightedReward]
+    template: Any
+    steps: int
+    grpo: GRPOConfig = GRPOConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    reward_workers: int = 2
+    reward_timeout_s: float = 10.0
+    eval_problems: Callable[[RunContext], Sequence[Problem]] | None = None
+    eval_every: int = 0
+    eval_k: int = 4
+
+    def state_template(self, ctx: RunContext) -> Any:
+        p = abstract_params(ctx.model_cfg)
+        train = jax.eval_shape(lambda q: init_train_state(q, make_optimizer(self.optimizer)), p)
+        return {"train": train, "ref": p if self.grpo.kl_beta else {}}
+
+    def _evaluate(self, ctx: RunContext, trainer: GRPOTrainer, step: int) -> dict[str, float]:
+        from r1jax.evaluate import evaluate
+
+        result = evaluate(trainer.state.params, ctx.model_cfg, ctx.tokenizer, self.eval_problems(ctx),
+                          max_new_tokens=self.grpo.max_new_tokens, template=self.template,
+                          rng=jax.random.fold_in(ctx.rng(step), 1 << 20), k=self.eval_k, sampler=trainer.sampler)
+        return {f"eval/{k}": v for k, v in result.summary().items()}
+
+    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+        if ctx.tokenizer is None or ctx.params is None:
+            raise ValueError(f"phase {self.name!r} needs a tokenizer and params from earlier phases")
+        cursor = cursor or {"step": 0, "problems": 0, "bad_steps": 0}
+        problems = list(self.problems(ctx))
+        take = problem_stream(problems, ctx.seed + ctx.phase_index, cursor["problems"])
+        with RewardPool(self.reward_workers, self.reward_timeout_s) as pool:
+            trainer = GRPOTrainer(ctx.model_cfg, ctx.params, ctx.tokenizer, self.grpo, self.optimizer, self.rewards,
+                                  self.template, pool=pool, seed=ctx.seed + ctx.phase_index)
+            if state is not None:
+                trainer.state = state["train"]
+                trainer.ref_params = state["ref"] if self.grpo.kl_beta else None
+            trainer.rl_step, trainer.bad_steps = cursor["step"], cursor["bad_steps"]
+            bar = progress(total=self.steps, desc=self.name, initial=cursor["step"])
+            if cursor["step"] == 0 and self.eval_every:
+                ctx.log(self._evaluate(ctx, trainer, 0), step_done=False)
+            for step in range(cursor["step"], self.steps):
+                m = trainer.step(take(self.grpo.prompts_per_step), ctx.rng(step),
+                                 more_problems=lambda _: take(self.grpo.prompts_per_step))
+                if self.eval_every and (step + 1) % self.eval_every == 0:
+                    m.update(self._evaluate(ctx, trainer, step + 1))
+                show_metrics(bar, {k: m[k] for k in ("reward/mean", "completion/length_mean") if k in m})
+                bar.update(1)
+                ctx.log({k: v for k, v in m.items() if not k.startswith("time/") and "throughput" not in k})
+                ctx.params = trainer.state.params
+                cursor = {"step": step + 1, "problems": take.position[0], "bad_steps": trainer.bad_steps}
+                ctx.maybe_save(step + 1, {"train": trainer.state, "ref": trainer.ref_params or {}}, cursor)
+            bar.close()
+        ctx.params = trainer.state.params
+

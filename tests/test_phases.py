@@ -1,0 +1,121 @@
+"""The phase runner: a run killed and resumed logs the same metrics as one left alone."""
+import json
+import random
+
+import numpy as np
+import pytest
+
+from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+from r1jax.data import ArithmeticConfig, PromptTemplate, generate_arithmetic, worked_solution
+from r1jax.metrics import MetricsWriter, read_metrics
+from r1jax.phases import EvalPhase, RejectionSamplingPhase, RLPhase, Runner, SFTPhase, StopRun, TokenizerPhase
+from r1jax.phases import keep_trace, read_sft_jsonl
+from r1jax.rewards import WeightedReward, accuracy_reward, format_reward
+
+TASK = ArithmeticConfig(num_ops=1, max_value=9, ops=("+",))
+TEMPLATE = PromptTemplate("q", "Q: {prompt} A:")
+
+
+def _problems(ctx, split="train", n=40):
+    return generate_arithmetic(TASK, split, n, seed=0)
+
+
+def _pairs(ctx):
+    rng = random.Random(0)
+    return [(TEMPLATE.render(p.question), " " + worked_solution(p, rng).render()) for p in _problems(ctx)]
+
+
+def _phases():
+    return [
+        TokenizerPhase(texts=lambda ctx: [a + b for a, b in _pairs(ctx)], vocab_size=300),
+        SFTPhase("sft", _pairs, steps=7, batch_size=4, seq_len=256, log_every=1,
+                 optimizer=OptimizerConfig(learning_rate=3e-3)),
+        RLPhase("rl", _problems, {"accuracy": WeightedReward(accuracy_reward), "format": WeightedReward(format_reward)},
+                TEMPLATE, steps=4, grpo=GRPOConfig(group_size=2, prompts_per_step=2, max_new_tokens=12,
+                                                   logprob_chunk=12, kl_beta=0.01),
+                optimizer=OptimizerConfig(learning_rate=1e-3)),
+        EvalPhase("eval", lambda ctx: _problems(ctx, "test", 4), TEMPLATE, max_new_tokens=12, k=2),
+    ]
+
+
+CFG = ModelConfig.tiny(vocab_size=300, max_len=256)
+
+
+def _run(workdir, stop_at_step=None):
+    return Runner(str(workdir), CFG, _phases(), seed=3, checkpoint_every=3).run(stop_at_step=stop_at_step)
+
+
+def _logged(workdir):
+    return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(workdir / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("whole")
+    ctx = _run(workdir)
+    return workdir, ctx
+
+
+def test_phases_run_end_to_end(reference):
+    workdir, ctx = reference
+    logged = _logged(workdir)
+    assert [r["step"] for r in logged if "sft/loss" in r] == list(range(7))
+    assert [r["step"] for r in logged if "rl/reward/mean" in r] == list(range(7, 11))
+    assert [r["step"] for r in logged if "eval/pass@1" in r] == [11]
+    assert "eval" in ctx.results and 0.0 <= ctx.results["eval"]["pass@1"] <= 1.0
+    assert (workdir / "eval.jsonl").exists() and (workdir / "tokenizer.model").exists()
+    assert any((workdir / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("stop_at", [5, 9])  # inside the SFT phase, inside the RL phase
+def test_killed_and_resumed_run_logs_the_same_metrics(reference, tmp_path, stop_at):
+    ref_dir, ref_ctx = reference
+    with pytest.raises(StopRun):
+        _run(tmp_path, stop_at_step=stop_at)
+    ctx = _run(tmp_path)
+    assert _logged(tmp_path) == _logged(ref_dir)
+    for a, b in zip(np.asarray(list(ctx.params["embed"]["embedding"])), np.asarray(list(
+            ref_ctx.params["embed"]["embedding"]))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_finished_run_does_nothing_more(reference):
+    workdir, _ = reference
+    before = (workdir / "metrics.jsonl").read_text()
+    _run(workdir)
+    assert (workdir / "metrics.jsonl").read_text() == before
+
+
+def test_rejection_sampling_writes_clean_correct_traces(reference, tmp_path):
+    workdir, ctx = reference
+    phase = RejectionSamplingPhase("rs", lambda c: _problems(c, "train", 8), TEMPLATE, max_new_tokens=40, k=2)
+    ctx.workdir, ctx.phase_name = str(tmp_path), "rs"
+    with MetricsWriter(tmp_path) as ctx.metrics:
+        phase.run(ctx, None, None)
+    lines = (tmp_path / "rs.jsonl").read_text().splitlines()
+    summary = ctx.results["rs"]
+    assert summary["kept"] == len(lines) and summary["sampled"] == 16
+    for line in lines:
+        row = json.loads(line)
+        assert keep_trace(row["completion"], True) is None
+    if lines:
+        assert read_sft_jsonl(str(tmp_path / "rs.jsonl"))[0][0].startswith("Q:")
+
+
+def test_keep_trace_rules():
+    good = "<think> 2 + 2 = 4 </think> <answer> 4 </answer>"
+    assert keep_trace(good, True) is None
+    assert keep_trace(good, False) == "incorrect"
+    assert keep_trace("<answer> 4 </answer>", True) == "malformed"
+    assert keep_trace("<think> ```x``` </think> <answer> 4 </answer>", True) == "code_block"
+    assert keep_trace("<think> 二加二 is four </think> <answer> 4 </answer>", True) == "mixed_language"
+    assert keep_trace("<think> " + "word " * 600 + "</think> <answer> 4 </answer>", True) == "long_paragraph"
+
+
+def test_mismatched_phases_on_resume_are_an_error(reference, tmp_path):
+    with pytest.raises(StopRun):
+        _run(tmp_path, stop_at_step=4)  # after the checkpoint at SFT step 3
+    phases = _phases()
+    phases[1] = SFTPhase("other", _pairs, steps=7, batch_size=4, seq_len=256)
+    with pytest.raises(ValueError, match="phase 'sft'"):
+        Runner(str(tmp_path), CFG, phases, seed=3, checkpoint_every=3).run()

@@ -21,6 +21,16 @@ Nothing here imports jax.
 """
 from r1jax.rewards.accuracy import accuracy_reward, is_correct
 from r1jax.rewards.base import RewardFn, Scores, score_in_process
+from r1jax.rewards.code import (
+    CodeReward,
+    CodeTask,
+    CodeTests,
+    code_reward,
+    extract_code,
+    grade,
+    load_code_tasks,
+    parse_tests,
+)
 from r1jax.rewards.combine import CombinedRewards, WeightedReward, combine_rewards
 from r1jax.rewards.countdown import (
     EquationError,
@@ -32,27 +42,39 @@ from r1jax.rewards.countdown import (
 from r1jax.rewards.format import format_reward, is_well_formed
 from r1jax.rewards.language import LANGUAGES, chain_of_thought, language_reward, language_share
 from r1jax.rewards.pool import PendingScores, RewardPool
+from r1jax.rewards.sandbox import SandboxLimits, isolation_level, run_sandboxed
 
 __all__ = [
     "LANGUAGES",
+    "CodeReward",
+    "CodeTask",
+    "CodeTests",
     "CombinedRewards",
     "EquationError",
     "PendingScores",
     "RewardFn",
     "RewardPool",
+    "SandboxLimits",
     "Scores",
     "WeightedReward",
     "accuracy_reward",
     "chain_of_thought",
+    "code_reward",
     "combine_rewards",
     "countdown_reward",
+    "extract_code",
     "format_reward",
+    "grade",
     "is_correct",
     "is_well_formed",
+    "isolation_level",
     "language_reward",
     "language_share",
+    "load_code_tasks",
     "make_countdown_reward",
     "parse_equation",
+    "parse_tests",
+    "run_sandboxed",
     "score_equation",
     "score_in_process",
 ]

@@ -63,6 +63,103 @@ class RopeScaling:
             raise ValueError(f"RopeScaling.attention_factor={self.attention_factor} must be > 0")
 
 
+ROUTERS = ("sigmoid", "softmax")
+MOE_DISPATCH = ("auto", "ragged_dot", "blocked")
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+    """Mixture-of-experts feed-forward layers: DeepSeekMoE (DeepSeek-V3, arXiv 2412.19437 §2.1.2) or Qwen3-MoE.
+
+    Each MoE layer has `num_experts` routed experts of hidden size `expert_dim`,
+    `top_k` of them active per token, plus `num_shared_experts` always-on experts
+    (one SwiGLU of hidden size num_shared_experts·expert_dim). `router`:
+    'sigmoid' (V3 eq. 13-16: s = σ(u·e), gates from s of the chosen experts) or
+    'softmax' (Qwen3-MoE). `norm_topk_prob` renormalizes the chosen gates to sum
+    1; `routed_scaling_factor` then multiplies them. Group-limited routing keeps
+    the `topk_groups` best of `num_groups` expert groups (a group scores the sum
+    of its top-2 biased scores). Layer i is MoE iff i >= first_k_dense, i is not
+    in `dense_layers` and (i + 1) % sparse_step == 0 (Qwen3's
+    decoder_sparse_step); other layers use the dense Mlp of ModelConfig.mlp_dim.
+    Balancing: `bias_update_rate` is γ of auxiliary-loss-free balancing (V3
+    §2.1.2, 0 freezes the bias), `seq_aux_alpha` the weight α of the
+    sequence-wise balance loss (V3 eq. 17-20), `switch_aux_coef` the weight of
+    the Switch-style load-balancing loss (Qwen3-MoE). `dispatch`: 'ragged_dot'
+    (jax.lax.ragged_dot, native on GPU/TPU), 'blocked' (block-padded batched
+    matmuls, cost ∝ active experts on every backend) or 'auto' (ragged_dot on
+    GPU/TPU, blocked elsewhere).
+    """
+
+    num_experts: int
+    top_k: int
+    expert_dim: int
+    num_shared_experts: int = 0
+    router: str = "sigmoid"
+    norm_topk_prob: bool = True
+    routed_scaling_factor: float = 1.0
+    num_groups: int = 1
+    topk_groups: int = 1
+    first_k_dense: int = 0
+    dense_layers: tuple[int, ...] = ()
+    sparse_step: int = 1
+    bias_update_rate: float = 0.001
+    seq_aux_alpha: float = 0.0
+    switch_aux_coef: float = 0.0
+    dispatch: str = "auto"
+
+    def __post_init__(self):
+        c = functools.partial(_check, "MoEConfig")
+        for name in ("num_experts", "top_k", "expert_dim", "num_groups", "topk_groups", "sparse_step"):
+            value = getattr(self, name)
+            c(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+              f"{name}={value!r} must be a positive int")
+        c(self.top_k <= self.num_experts, f"top_k={self.top_k} must be <= num_experts={self.num_experts}")
+        c(self.num_shared_experts >= 0 and self.first_k_dense >= 0,
+          "num_shared_experts and first_k_dense must be >= 0")
+        c(self.router in ROUTERS, f"router={self.router!r} must be one of {ROUTERS}")
+        c(self.dispatch in MOE_DISPATCH, f"dispatch={self.dispatch!r} must be one of {MOE_DISPATCH}")
+        c(self.num_experts % self.num_groups == 0,
+          f"num_groups={self.num_groups} must divide num_experts={self.num_experts}")
+        c(self.topk_groups <= self.num_groups, f"topk_groups={self.topk_groups} must be <= num_groups")
+        c(self.top_k <= self.topk_groups * (self.num_experts // self.num_groups),
+          f"top_k={self.top_k} must be <= the experts of topk_groups={self.topk_groups} groups")
+        c(self.routed_scaling_factor > 0, f"routed_scaling_factor={self.routed_scaling_factor} must be > 0")
+        c(self.bias_update_rate >= 0 and self.seq_aux_alpha >= 0 and self.switch_aux_coef >= 0,
+          "bias_update_rate, seq_aux_alpha and switch_aux_coef must be >= 0")
+        object.__setattr__(self, "dense_layers", tuple(sorted(int(i) for i in self.dense_layers)))
+
+
+@dataclasses.dataclass(frozen=True)
+class MLAConfig:
+    """Multi-head latent attention (DeepSeek-V2/V3, arXiv 2412.19437 §2.1.1, eq. 1-11).
+
+    Queries go through a `q_lora_rank` bottleneck (None: one projection); keys
+    and values are rebuilt per head from a shared `kv_lora_rank` latent; each
+    head's query/key is `qk_nope_dim` position-free dims plus `qk_rope_dim` RoPE
+    dims, the RoPE key being one head shared by all heads; values have
+    `v_head_dim` dims. The decode cache holds only the latent and the RoPE key.
+    With rope scaling, logits are multiplied by (0.1·mscale_all_dim·ln(factor)
+    + 1)², YaRN's attention-scale correction as DeepSeek applies it (0: none).
+    """
+
+    kv_lora_rank: int
+    qk_nope_dim: int
+    qk_rope_dim: int
+    v_head_dim: int
+    q_lora_rank: int | None = None
+    mscale_all_dim: float = 0.0
+
+    def __post_init__(self):
+        c = functools.partial(_check, "MLAConfig")
+        for name in ("kv_lora_rank", "qk_nope_dim", "qk_rope_dim", "v_head_dim"):
+            value = getattr(self, name)
+            c(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+              f"{name}={value!r} must be a positive int")
+        c(self.q_lora_rank is None or self.q_lora_rank > 0, f"q_lora_rank={self.q_lora_rank} must be > 0 or None")
+        c(self.qk_rope_dim % 2 == 0, f"qk_rope_dim={self.qk_rope_dim} must be even (RoPE rotates pairs of dims)")
+        c(self.mscale_all_dim >= 0, f"mscale_all_dim={self.mscale_all_dim} must be >= 0")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Decoder-only transformer (Qwen2/Qwen2.5, Llama-3 layout): sizes, RoPE, precision.
@@ -72,6 +169,9 @@ class ModelConfig:
     string or a jnp dtype and are stored as the dtype's name. `max_len` is the
     longest position the checkpoint was built for (HF max_position_embeddings);
     nothing is allocated from it. `remat` recomputes each block in the backward pass.
+    `qk_norm` RMS-normalizes each query and key head before RoPE (Qwen3). `moe`
+    makes feed-forward layers mixtures of experts, `mla` makes every attention
+    layer multi-head latent attention (which ignores num_kv_heads and head_dim).
     """
 
     vocab_size: int
@@ -91,6 +191,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    qk_norm: bool = False
+    moe: MoEConfig | None = None
+    mla: MLAConfig | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
@@ -111,6 +214,10 @@ class ModelConfig:
             raise ValueError(f"rope_scaling must be a RopeScaling or None, got {self.rope_scaling!r}")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps={self.norm_eps} must be > 0")
+        if self.moe is not None and not isinstance(self.moe, MoEConfig):
+            raise ValueError(f"moe must be a MoEConfig or None, got {self.moe!r}")
+        if self.mla is not None and not isinstance(self.mla, MLAConfig):
+            raise ValueError(f"mla must be a MLAConfig or None, got {self.mla!r}")
         # Canonical names keep the config hashable, comparable and JSON-friendly.
         object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype, "param_dtype"))
         object.__setattr__(self, "dtype", _dtype_name(self.dtype, "dtype"))

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints (Qwen2/Qwen2.5, Llama-3) ⇄ r1jax params and ModelConfig, via safetensors (numpy).
+"""Hugging Face checkpoints (Qwen2/Qwen2.5, Llama-3, Qwen3-MoE, DeepSeek-V3) ⇄ r1jax params and ModelConfig.
 
     cfg, params = load_hf("/ckpt/Qwen2.5-1.5B", param_dtype="bfloat16", dtype="bfloat16")
     save_hf("/out/my-model", cfg, params)            # loadable by transformers
@@ -7,6 +7,11 @@ A folder holds config.json and model.safetensors, or shards listed in
 model.safetensors.index.json. Params come back as host numpy arrays in the
 layout of `r1jax.model.init_params` (device_put them, with shardings, as needed).
 Names and shapes are checked before any tensor is read. No torch at run time.
+Via safetensors (numpy). MoE checkpoints store one tensor per expert; r1jax
+stacks them on a leading expert axis. DeepSeek-V3's interleaved RoPE dims
+(rope_interleave) are permuted to r1jax's rotate-half layout on import and
+back on export; its multi-token-prediction layers are not read, nor are
+FP8-quantized checkpoints (dequantize them first).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,34 +31,43 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from r1jax.config import ModelConfig, RopeScaling
+from r1jax.config import MLAConfig, ModelConfig, MoEConfig, RopeScaling
+from r1jax.model.moe import is_moe_layer
 
-ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama", "Qwen3MoeForCausalLM": "qwen3_moe",
+                 "DeepseekV3ForCausalLM": "deepseek_v3"}
 INDEX_FILE, SINGLE_FILE = "model.safetensors.index.json", "model.safetensors"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints saved
 
 
 @dataclasses.dataclass(frozen=True)
 class _Tensor:
-    """One HF tensor and where it lives in r1jax params; `transposed`: HF stores [out, in]."""
+    """One HF tensor and where it lives in r1jax params; `transposed`: HF stores [out, in].
+
+    `expert`: index on the leading expert axis of a stacked r1jax param; `rows`: HF
+    row rows[j] becomes row j before the transpose; `keep_f32`: stored in f32 always.
+    """
 
     hf_name: str
     path: tuple[str, ...]
     shape: tuple[int, ...]
     hf_shape: tuple[int, ...]
     transposed: bool
+    expert: int | None = None
+    rows: tuple[int, ...] | None = None
+    keep_f32: bool = False
 
     def to_r1jax(self, x: np.ndarray) -> np.ndarray:
+        x = x if self.rows is None else x[np.asarray(self.rows)]
         return np.ascontiguousarray(x.T.reshape(self.shape) if self.transposed else x.reshape(self.shape))
 
     def to_hf(self, x: np.ndarray) -> np.ndarray:
-        if self.transposed:
-            return np.ascontiguousarray(x.reshape(self.hf_shape[::-1]).T)
-        return np.ascontiguousarray(x.reshape(self.hf_shape))
+        x = x.reshape(self.hf_shape[::-1]).T if self.transposed else x.reshape(self.hf_shape)
+        return np.ascontiguousarray(x if self.rows is None else x[np.argsort(self.rows)])
 
 
-def tensor_table(cfg: ModelConfig) -> list[_Tensor]:
-    """Every tensor a checkpoint of `cfg` holds (a tied head is not stored)."""
+def tensor_table(cfg: ModelConfig, rope_interleave: bool = True) -> list[_Tensor]:
+    """Every tensor a checkpoint of `cfg` holds (a tied head is not stored); `rope_interleave`: MLA's layout."""
     e, h, k, d, m, v = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
     table = [_Tensor("model.embed_tokens.weight", ("embed", "embedding"), (v, e), (v, e), False),
              _Tensor("model.norm.weight", ("final_norm", "scale"), (e,), (e,), False)]
@@ -62,15 +77,24 @@ def tensor_table(cfg: ModelConfig) -> list[_Tensor]:
         hf, ours = f"model.layers.{i}.", f"layers_{i}"
         table += [
             _Tensor(hf + "input_layernorm.weight", (ours, "attn_norm", "scale"), (e,), (e,), False),
+            _Tensor(hf + "post_attention_layernorm.weight", (ours, "mlp_norm", "scale"), (e,), (e,), False),
+        ]
+        if is_moe_layer(cfg.moe, i):
+            table += _moe_tensors(cfg, hf + "mlp.", (ours, "mlp"))
+        else:
+            table += _swiglu_tensors(hf + "mlp.", (ours, "mlp"), e, m)
+        if cfg.mla is not None:
+            table += _mla_tensors(cfg, hf + "self_attn.", (ours, "attn"), rope_interleave)
+            continue
+        table += [
             _Tensor(hf + "self_attn.q_proj.weight", (ours, "attn", "q", "kernel"), (e, h, d), (h * d, e), True),
             _Tensor(hf + "self_attn.k_proj.weight", (ours, "attn", "k", "kernel"), (e, k, d), (k * d, e), True),
             _Tensor(hf + "self_attn.v_proj.weight", (ours, "attn", "v", "kernel"), (e, k, d), (k * d, e), True),
             _Tensor(hf + "self_attn.o_proj.weight", (ours, "attn", "o", "kernel"), (h, d, e), (e, h * d), True),
-            _Tensor(hf + "post_attention_layernorm.weight", (ours, "mlp_norm", "scale"), (e,), (e,), False),
-            _Tensor(hf + "mlp.gate_proj.weight", (ours, "mlp", "gate", "kernel"), (e, m), (m, e), True),
-            _Tensor(hf + "mlp.up_proj.weight", (ours, "mlp", "up", "kernel"), (e, m), (m, e), True),
-            _Tensor(hf + "mlp.down_proj.weight", (ours, "mlp", "down", "kernel"), (m, e), (e, m), True),
         ]
+        if cfg.qk_norm:
+            table += [_Tensor(hf + f"self_attn.{n}_norm.weight", (ours, "attn", f"{n}_norm", "scale"), (d,), (d,),
+                              False) for n in ("q", "k")]
         if cfg.qkv_bias:
             table += [
                 _Tensor(hf + "self_attn.q_proj.bias", (ours, "attn", "q", "bias"), (h, d), (h * d,), False),
@@ -80,6 +104,60 @@ def tensor_table(cfg: ModelConfig) -> list[_Tensor]:
         if cfg.out_bias:
             table.append(_Tensor(hf + "self_attn.o_proj.bias", (ours, "attn", "o", "bias"), (e,), (e,), False))
     return table
+
+
+def _swiglu_tensors(hf: str, ours: tuple[str, ...], e: int, m: int, expert: int | None = None) -> list[_Tensor]:
+    """gate/up/down_proj of one SwiGLU (an expert's: slices of the stacked wi_gate, wi_up, wo)."""
+    names = ("gate", "up", "down") if expert is None else ("wi_gate", "wi_up", "wo")
+    paths = [ours + ((n, "kernel") if expert is None else (n,)) for n in names]
+    return [_Tensor(hf + "gate_proj.weight", paths[0], (e, m), (m, e), True, expert),
+            _Tensor(hf + "up_proj.weight", paths[1], (e, m), (m, e), True, expert),
+            _Tensor(hf + "down_proj.weight", paths[2], (m, e), (e, m), True, expert)]
+
+
+def _moe_tensors(cfg: ModelConfig, hf: str, ours: tuple[str, ...]) -> list[_Tensor]:
+    """Router (and DeepSeek's e_score_correction_bias), one SwiGLU per expert, shared experts."""
+    moe, e = cfg.moe, cfg.embed_dim
+    table = [_Tensor(hf + "gate.weight", ours + ("router",), (e, moe.num_experts), (moe.num_experts, e), True)]
+    if moe.router == "sigmoid":
+        table.append(_Tensor(hf + "gate.e_score_correction_bias", ours + ("router_bias",), (moe.num_experts,),
+                             (moe.num_experts,), False, keep_f32=True))
+    for j in range(moe.num_experts):
+        table += _swiglu_tensors(hf + f"experts.{j}.", ours, e, moe.expert_dim, expert=j)
+    if moe.num_shared_experts:
+        table += _swiglu_tensors(hf + "shared_experts.", ours + ("shared",), e, moe.num_shared_experts * moe.expert_dim)
+    return table
+
+
+def _deinterleave(width: int, start: int, rope: int, blocks: int = 1) -> tuple[int, ...]:
+    """Row order that turns each block's interleaved RoPE pairs [start, start+rope) into rotate-half layout."""
+    order = list(range(start)) + list(range(start, start + rope, 2)) + list(range(start + 1, start + rope, 2))
+    order += list(range(start + rope, width))
+    return tuple(b * width + j for b in range(blocks) for j in order)
+
+
+def _mla_tensors(cfg: ModelConfig, hf: str, ours: tuple[str, ...], rope_interleave: bool) -> list[_Tensor]:
+    """DeepSeek-V3 attention: q (LoRA or not), kv_a_proj_with_mqa, kv_b_proj, o_proj and the latent norms."""
+    mla, e, h = cfg.mla, cfg.embed_dim, cfg.num_heads
+    qd, c, r = mla.qk_nope_dim + mla.qk_rope_dim, mla.kv_lora_rank, mla.qk_rope_dim
+    q_rows = _deinterleave(qd, mla.qk_nope_dim, r, h) if rope_interleave else None
+    kv_rows = _deinterleave(c + r, c, r) if rope_interleave else None
+    if mla.q_lora_rank is None:
+        table = [_Tensor(hf + "q_proj.weight", ours + ("q", "kernel"), (e, h, qd), (h * qd, e), True, rows=q_rows)]
+    else:
+        ql = mla.q_lora_rank
+        table = [_Tensor(hf + "q_a_proj.weight", ours + ("q_a", "kernel"), (e, ql), (ql, e), True),
+                 _Tensor(hf + "q_a_layernorm.weight", ours + ("q_norm", "scale"), (ql,), (ql,), False),
+                 _Tensor(hf + "q_b_proj.weight", ours + ("q_b", "kernel"), (ql, h, qd), (h * qd, ql), True,
+                         rows=q_rows)]
+    kv = mla.qk_nope_dim + mla.v_head_dim
+    return table + [
+        _Tensor(hf + "kv_a_proj_with_mqa.weight", ours + ("kv_a", "kernel"), (e, c + r), (c + r, e), True,
+                rows=kv_rows),
+        _Tensor(hf + "kv_a_layernorm.weight", ours + ("kv_norm", "scale"), (c,), (c,), False),
+        _Tensor(hf + "kv_b_proj.weight", ours + ("kv_b", "kernel"), (c, h, kv), (h * kv, c), True),
+        _Tensor(hf + "o_proj.weight", ours + ("o", "kernel"), (h, mla.v_head_dim, e), (e, h * mla.v_head_dim), True),
+    ]
 
 
 # ---------------------------------------------------------------- config.json
@@ -155,7 +233,47 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)), max_len=max_len,
     )
+    if family == "qwen3_moe":
+        fields.update(qk_norm=True, moe=_qwen3_moe_from_hf(hf))
+    elif family == "deepseek_v3":
+        fields.update(_deepseek_v3_from_hf(hf, rope))
     return ModelConfig(**{**fields, **overrides})
+
+
+def _qwen3_moe_from_hf(hf: Mapping[str, Any]) -> MoEConfig | None:
+    """Softmax top-k router, no shared experts, Switch aux loss (router_aux_loss_coef), no balancing bias."""
+    num_experts = hf.get("num_experts") or hf.get("num_local_experts")  # transformers 5 writes the latter
+    if not num_experts:
+        return None
+    return MoEConfig(
+        num_experts=int(num_experts), top_k=int(hf["num_experts_per_tok"]),
+        expert_dim=int(hf["moe_intermediate_size"]), router="softmax", norm_topk_prob=bool(hf.get("norm_topk_prob")),
+        dense_layers=tuple(hf.get("mlp_only_layers") or ()), sparse_step=int(hf.get("decoder_sparse_step") or 1),
+        bias_update_rate=0.0, switch_aux_coef=float(hf.get("router_aux_loss_coef") or 0.0))
+
+
+def _deepseek_v3_from_hf(hf: Mapping[str, Any], rope: Mapping[str, Any]) -> dict[str, Any]:
+    """MLA and DeepSeekMoE fields; balancing as in the paper (γ = 0.001, α = 1e-4)."""
+    for key, supported in (("scoring_func", "sigmoid"), ("topk_method", "noaux_tc"), ("moe_layer_freq", 1)):
+        if hf.get(key, supported) != supported:
+            raise ValueError(f"unsupported {key}={hf[key]!r}; DeepSeek-V3 uses {supported!r}")
+    if hf.get("attention_bias"):
+        raise ValueError("unsupported attention_bias=True for DeepseekV3ForCausalLM")
+    if hf.get("quantization_config"):
+        raise ValueError("unsupported quantization_config (FP8 weights): dequantize the checkpoint to bf16 first")
+    heads = int(hf["num_attention_heads"])
+    mla = MLAConfig(kv_lora_rank=int(hf["kv_lora_rank"]), qk_nope_dim=int(hf["qk_nope_head_dim"]),
+                    qk_rope_dim=int(hf["qk_rope_head_dim"]), v_head_dim=int(hf["v_head_dim"]),
+                    q_lora_rank=None if hf.get("q_lora_rank") is None else int(hf["q_lora_rank"]),
+                    mscale_all_dim=float(rope.get("mscale_all_dim") or 0.0))
+    moe = MoEConfig(
+        num_experts=int(hf.get("n_routed_experts") or hf["num_local_experts"]), top_k=int(hf["num_experts_per_tok"]),
+        expert_dim=int(hf["moe_intermediate_size"]), num_shared_experts=int(hf.get("n_shared_experts") or 0),
+        router="sigmoid", norm_topk_prob=bool(hf.get("norm_topk_prob", True)),
+        routed_scaling_factor=float(hf.get("routed_scaling_factor") or 1.0), num_groups=int(hf.get("n_group") or 1),
+        topk_groups=int(hf.get("topk_group") or 1), first_k_dense=int(hf.get("first_k_dense_replace") or 0),
+        bias_update_rate=0.001, seq_aux_alpha=1e-4)
+    return dict(num_kv_heads=heads, head_dim=mla.qk_rope_dim, qkv_bias=False, out_bias=False, mla=mla, moe=moe)
 
 
 def _rope_scaling_to_hf(s: RopeScaling) -> dict[str, Any]:
@@ -172,12 +290,19 @@ def _rope_scaling_to_hf(s: RopeScaling) -> dict[str, Any]:
 
 
 def config_to_hf(cfg: ModelConfig, architecture_name: str | None = None) -> dict[str, Any]:
-    """config.json for transformers: Qwen2 when only q/k/v have a bias, else Llama (attention_bias)."""
+    """config.json for transformers: DeepSeek-V3 with MLA, Qwen3-MoE with MoE, else Qwen2 when only q/k/v have a
+    bias, else Llama (attention_bias)."""
     if architecture_name is None:
-        architecture_name = "Qwen2ForCausalLM" if cfg.qkv_bias and not cfg.out_bias else "LlamaForCausalLM"
+        architecture_name = ("DeepseekV3ForCausalLM" if cfg.mla is not None else
+                             "Qwen3MoeForCausalLM" if cfg.moe is not None else
+                             "Qwen2ForCausalLM" if cfg.qkv_bias and not cfg.out_bias else "LlamaForCausalLM")
     family = ARCHITECTURES.get(architecture_name)
     if family is None:
         raise ValueError(f"unsupported architecture {architecture_name!r}; supported: {sorted(ARCHITECTURES)}")
+    if family in ("qwen3_moe", "deepseek_v3"):
+        return _moe_config_to_hf(cfg, architecture_name, family)
+    if cfg.moe is not None or cfg.mla is not None or cfg.qk_norm:
+        raise ValueError(f"{architecture_name} has no MoE, MLA or q/k norm layers")
     if family == "qwen2" and not (cfg.qkv_bias and not cfg.out_bias):
         raise ValueError("Qwen2ForCausalLM needs qkv_bias=True and out_bias=False")
     if family == "llama" and cfg.qkv_bias != cfg.out_bias:
@@ -197,6 +322,42 @@ def config_to_hf(cfg: ModelConfig, architecture_name: str | None = None) -> dict
     return hf
 
 
+def _moe_config_to_hf(cfg: ModelConfig, architecture_name: str, family: str) -> dict[str, Any]:
+    """config.json of a Qwen3-MoE or DeepSeek-V3 checkpoint; ValueError when cfg has no such layout."""
+    moe, mla = cfg.moe, cfg.mla
+    rope = None if cfg.rope_scaling is None else _rope_scaling_to_hf(cfg.rope_scaling)
+    hf: dict[str, Any] = dict(
+        architectures=[architecture_name], model_type=family, vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim,
+        intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        hidden_act="silu", max_position_embeddings=cfg.max_len, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+        rope_scaling=rope, tie_word_embeddings=cfg.tie_embeddings, torch_dtype=cfg.param_dtype, dtype=cfg.param_dtype,
+        num_experts_per_tok=moe and moe.top_k, moe_intermediate_size=moe and moe.expert_dim)
+    if family == "qwen3_moe":
+        if (moe is None or mla is not None or not cfg.qk_norm or cfg.qkv_bias != cfg.out_bias or moe.router != "softmax"
+                or moe.num_shared_experts or moe.num_groups != 1 or moe.routed_scaling_factor != 1.0):
+            raise ValueError("Qwen3MoeForCausalLM needs MoE with a softmax router, no shared experts, no expert "
+                             "groups, routed_scaling_factor 1, q/k norm, GQA and qkv_bias == out_bias")
+        dense = sorted(set(moe.dense_layers) | set(range(min(moe.first_k_dense, cfg.num_layers))))
+        hf.update(num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, attention_bias=cfg.qkv_bias,
+                  use_sliding_window=False, num_experts=moe.num_experts, norm_topk_prob=moe.norm_topk_prob,
+                  decoder_sparse_step=moe.sparse_step, mlp_only_layers=dense,
+                  router_aux_loss_coef=moe.switch_aux_coef)
+        return hf
+    if (moe is None or mla is None or cfg.qk_norm or cfg.qkv_bias or cfg.out_bias or moe.router != "sigmoid"
+            or moe.dense_layers or moe.sparse_step != 1):
+        raise ValueError("DeepseekV3ForCausalLM needs MLA, MoE with a sigmoid router and only first_k_dense dense "
+                         "layers, no biases and no q/k norm")
+    if rope is not None and mla.mscale_all_dim:
+        rope["mscale_all_dim"] = mla.mscale_all_dim
+    hf.update(num_key_value_heads=cfg.num_heads, q_lora_rank=mla.q_lora_rank, kv_lora_rank=mla.kv_lora_rank,
+              qk_nope_head_dim=mla.qk_nope_dim, qk_rope_head_dim=mla.qk_rope_dim, v_head_dim=mla.v_head_dim,
+              n_routed_experts=moe.num_experts, n_shared_experts=moe.num_shared_experts,
+              routed_scaling_factor=moe.routed_scaling_factor, n_group=moe.num_groups, topk_group=moe.topk_groups,
+              first_k_dense_replace=moe.first_k_dense, norm_topk_prob=moe.norm_topk_prob, rope_interleave=True,
+              attention_bias=False, scoring_func="sigmoid", topk_method="noaux_tc", num_nextn_predict_layers=0)
+    return hf
+
+
 # ---------------------------------------------------------------- tensors
 
 
@@ -205,7 +366,7 @@ def check_tensors(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> No
     table = {t.hf_name: t for t in tensor_table(cfg)}
     problems = [f"missing tensor {n!r}" for n in table if n not in shapes]
     for name, shape in shapes.items():
-        if name.endswith(_IGNORED_SUFFIXES):
+        if name.endswith(_IGNORED_SUFFIXES) or _is_mtp_layer(cfg, name):
             continue
         if name == "lm_head.weight" and cfg.tie_embeddings:  # some tied checkpoints store the head anyway
             expected = (cfg.vocab_size, cfg.embed_dim)
@@ -220,19 +381,35 @@ def check_tensors(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]]) -> No
         raise ValueError("checkpoint does not match the config: " + "; ".join(problems))
 
 
-def params_from_hf(cfg: ModelConfig, tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _is_mtp_layer(cfg: ModelConfig, name: str) -> bool:
+    """DeepSeek-V3's multi-token-prediction module: model.layers.{i >= num_layers}, not part of the model."""
+    match = re.match(r"model\.layers\.(\d+)\.", name)
+    return cfg.mla is not None and match is not None and int(match.group(1)) >= cfg.num_layers
+
+
+def params_from_hf(cfg: ModelConfig, tensors: Mapping[str, np.ndarray], rope_interleave: bool = True
+                   ) -> dict[str, Any]:
     """r1jax params (numpy, cfg.param_dtype) from HF-named tensors; names and shapes are checked first."""
     check_tensors(cfg, {name: tuple(x.shape) for name, x in tensors.items()})
-    return _build_params(cfg, lambda name: np.asarray(tensors[name]))
+    return _build_params(cfg, lambda name: np.asarray(tensors[name]), rope_interleave)
 
 
-def _build_params(cfg: ModelConfig, read: Any) -> dict[str, Any]:
+def _build_params(cfg: ModelConfig, read: Any, rope_interleave: bool = True) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    for t in tensor_table(cfg):
+    for t in tensor_table(cfg, rope_interleave):
         node = params
         for key in t.path[:-1]:
             node = node.setdefault(key, {})
-        node[t.path[-1]] = t.to_r1jax(read(t.hf_name).astype(jnp.dtype(cfg.param_dtype)))
+        dtype = np.dtype(np.float32) if t.keep_f32 else jnp.dtype(cfg.param_dtype)
+        value = t.to_r1jax(read(t.hf_name).astype(dtype))
+        if t.expert is None:
+            node[t.path[-1]] = value
+        else:  # experts stacked on a leading axis
+            node.setdefault(t.path[-1], np.zeros((cfg.moe.num_experts, *t.shape), dtype))[t.expert] = value
+    if cfg.moe is not None and cfg.moe.router == "softmax":  # no bias in the checkpoint: start balanced
+        for i in range(cfg.num_layers):
+            if is_moe_layer(cfg.moe, i):
+                params[f"layers_{i}"]["mlp"]["router_bias"] = np.zeros((cfg.moe.num_experts,), np.float32)
     return params
 
 
@@ -246,9 +423,17 @@ def params_to_hf(cfg: ModelConfig, params: Any, dtype: Any = None) -> dict[str, 
             if key not in node:
                 raise ValueError(f"params lack {'/'.join(t.path)} (for {t.hf_name})")
             node = node[key]
-        if tuple(node.shape) != t.shape:
-            raise ValueError(f"param {'/'.join(t.path)} has shape {tuple(node.shape)}, expected {t.shape}")
-        out[t.hf_name] = t.to_hf(np.asarray(node).astype(jnp.dtype(dtype or cfg.param_dtype)))
+        expected = t.shape if t.expert is None else (cfg.moe.num_experts, *t.shape)
+        if tuple(node.shape) != expected:
+            raise ValueError(f"param {'/'.join(t.path)} has shape {tuple(node.shape)}, expected {expected}")
+        node = node if t.expert is None else node[t.expert]
+        out_dtype = np.float32 if t.keep_f32 else jnp.dtype(dtype or cfg.param_dtype)
+        out[t.hf_name] = t.to_hf(np.asarray(node).astype(out_dtype))
+    if cfg.moe is not None and cfg.moe.router == "softmax":
+        for i in range(cfg.num_layers):
+            if is_moe_layer(cfg.moe, i) and np.any(np.asarray(params[f"layers_{i}"]["mlp"]["router_bias"])):
+                raise ValueError(f"layers_{i} has a nonzero router_bias, which a softmax-router (Qwen3-MoE) "
+                                 "checkpoint cannot store")
     return out
 
 
@@ -269,7 +454,8 @@ def _tensor_files(folder: Path) -> dict[str, Path]:
 def load_hf(folder: str | Path, **overrides: Any) -> tuple[ModelConfig, dict[str, Any]]:
     """(ModelConfig, params) from a local HF folder; `overrides` go to the ModelConfig (e.g. param_dtype)."""
     folder = Path(folder)
-    cfg = config_from_hf(json.loads((folder / "config.json").read_text()), **overrides)
+    hf_config = json.loads((folder / "config.json").read_text())
+    cfg = config_from_hf(hf_config, **overrides)
     files = _tensor_files(folder)
     shapes = {}
     for file in sorted(set(files.values())):
@@ -283,7 +469,8 @@ def load_hf(folder: str | Path, **overrides: Any) -> tuple[ModelConfig, dict[str
     check_tensors(cfg, shapes)
     with contextlib.ExitStack() as stack:
         handles = {file: stack.enter_context(safe_open(file, framework="np")) for file in set(files.values())}
-        params = _build_params(cfg, lambda name: handles[files[name]].get_tensor(name))
+        params = _build_params(cfg, lambda name: handles[files[name]].get_tensor(name),
+                               bool(hf_config.get("rope_interleave", True)))
     return cfg, params
 
 

@@ -168,8 +168,8 @@ def hf_config(**changes):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe"),
-     "unsupported architecture 'Qwen3MoeForCausalLM'"),
+    (dict(architectures=["MixtralForCausalLM"], model_type="mixtral"),
+     "unsupported architecture 'MixtralForCausalLM'"),
     (dict(architectures=None, model_type="mistral"), "unsupported architecture 'mistral'"),
     (dict(hidden_act="gelu"), "hidden_act='gelu'"),
     (dict(mlp_bias=True), "mlp_bias"),

@@ -1,4 +1,4 @@
-"""Writes tests/fixtures/hf: tiny random Qwen2 and Llama-3 checkpoints, inputs and transformers' logits.
+"""Writes tests/fixtures/hf: tiny random Qwen2, Llama-3, Qwen3-MoE and DeepSeek-V3 checkpoints, inputs and logits.
 
 Run once, offline, when the fixtures must change (tests never import torch):
 
@@ -9,6 +9,12 @@ Run once, offline, when the fixtures must change (tests never import torch):
 qwen2/: tied embeddings, q/k/v bias, YaRN rope, bf16 weights in one model.safetensors.
 llama/: untied head, GQA with one kv head, head_dim ≠ hidden/heads, Llama-3 rope
         scaling, f32 weights sharded in two files with model.safetensors.index.json.
+qwen3_moe/: q/k norm, softmax top-2 of 8 experts renormalized, a dense first layer
+        (mlp_only_layers), bf16 weights, one tensor per expert (save_pretrained).
+deepseek_v3/: MLA with q LoRA and interleaved RoPE, YaRN with mscale ≠ mscale_all_dim,
+        sigmoid top-3 of 16 experts in 4 groups (2 kept) with a random nonzero
+        e_score_correction_bias, routed_scaling_factor 2.5, 2 shared experts, a
+        dense first layer (first_k_dense_replace), f32 weights.
 Each folder has reference.npz: `ids` [B, L] (no padding) and the same rows left-
 and right-padded (`left_ids`/`left_mask`, `right_ids`/`right_mask`) with
 transformers' f32 eager logits for all three (padded rows run with position_ids
@@ -46,6 +52,21 @@ LLAMA = transformers.LlamaConfig(
     num_key_value_heads=1, head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False,
     rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+)
+QWEN3_MOE = transformers.Qwen3MoeConfig(
+    vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8, num_experts_per_tok=2,
+    norm_topk_prob=True, mlp_only_layers=[0], max_position_embeddings=64, rms_norm_eps=1e-6,
+    tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+)
+DEEPSEEK_V3 = transformers.DeepseekV3Config(
+    vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=8, num_hidden_layers=3,
+    num_attention_heads=4, num_key_value_heads=4, n_routed_experts=16, n_shared_experts=2, num_experts_per_tok=3,
+    n_group=4, topk_group=2, first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+    q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12, rope_interleave=True,
+    max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "mscale": 1.0,
+                     "mscale_all_dim": 0.8, "original_max_position_embeddings": 16},
 )
 ROPE_CASES = {  # name: (head_dim, rope dict in HF form, max_position_embeddings)
     "llama3_8b": (128, {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -131,8 +152,19 @@ def write_checkpoint(model: torch.nn.Module, folder: Path, bf16: bool, shards: i
         file.chmod(0o644)
 
 
+def save_moe_checkpoint(model: torch.nn.Module, folder: Path, bf16: bool) -> None:
+    """save_pretrained, which writes MoE experts one tensor each, as published checkpoints store them."""
+    model.config.architectures = [type(model).__name__]
+    (model.to(torch.bfloat16) if bf16 else model).save_pretrained(folder)
+    (folder / "generation_config.json").unlink(missing_ok=True)
+    for file in folder.iterdir():
+        file.chmod(0o644)
+    if bf16:
+        model.to(torch.float32)
+
+
 def make_model(name: str, config: transformers.PretrainedConfig, cls: type, seed: int, bf16: bool,
-               shards: int) -> None:
+               shards: int, moe: bool = False) -> None:
     """One fixture folder: checkpoint and reference.npz."""
     folder = OUT / name
     shutil.rmtree(folder, ignore_errors=True)
@@ -140,12 +172,21 @@ def make_model(name: str, config: transformers.PretrainedConfig, cls: type, seed
     torch.manual_seed(seed)
     model = cls._from_config(config, attn_implementation="eager", dtype=torch.float32).eval()
     randomize_(model, seed, bf16)
+    if moe:  # DeepSeek's balancing bias is a buffer: make it matter for the choice of experts
+        gen = torch.Generator().manual_seed(seed + 100)
+        with torch.no_grad():
+            for buffer_name, buffer in model.named_buffers():
+                if buffer_name.endswith("e_score_correction_bias"):
+                    buffer.copy_(0.1 * torch.randn(buffer.shape, generator=gen))
     data = batches(config.vocab_size, seed)
     data["logits"] = reference_logits(model, data["ids"], None)
     data["left_logits"] = reference_logits(model, data["left_ids"], data["left_mask"])
     data["right_logits"] = reference_logits(model, data["right_ids"], data["right_mask"])
     np.savez_compressed(folder / "reference.npz", **data)
-    write_checkpoint(model, folder, bf16, shards)
+    if moe:
+        save_moe_checkpoint(model, folder, bf16)
+    else:
+        write_checkpoint(model, folder, bf16, shards)
 
 
 def make_rope() -> None:
@@ -166,7 +207,7 @@ def verify_export() -> None:
     sys.path.insert(0, str(ROOT))
     import jax
     from r1jax import hf
-    from r1jax.config import ModelConfig, RopeScaling
+    from r1jax.config import MLAConfig, ModelConfig, MoEConfig, RopeScaling
     from r1jax.model import Transformer, init_params, positions_from_mask
 
     cases = {
@@ -175,6 +216,12 @@ def verify_export() -> None:
         "llama-bias-llama3": ModelConfig.tiny(qkv_bias=True, out_bias=True, head_dim=16,
                                               rope_scaling=RopeScaling("llama3", 8.0, 16)),
         "llama-linear": ModelConfig.tiny(rope_scaling=RopeScaling("linear", 2.0)),
+        "qwen3-moe": ModelConfig.tiny(num_layers=3, qk_norm=True, moe=MoEConfig(
+            num_experts=8, top_k=2, expert_dim=16, router="softmax", norm_topk_prob=False, first_k_dense=1)),
+        "deepseek-v3": ModelConfig.tiny(num_layers=3, rope_scaling=RopeScaling("yarn", 4.0, 16), mla=MLAConfig(
+            kv_lora_rank=16, qk_nope_dim=8, qk_rope_dim=8, v_head_dim=12, q_lora_rank=None, mscale_all_dim=0.7),
+            moe=MoEConfig(num_experts=8, top_k=2, expert_dim=16, num_shared_experts=1, num_groups=4, topk_groups=2,
+                          routed_scaling_factor=2.5, first_k_dense=1)),
     }
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 64, (2, 12))
@@ -184,6 +231,9 @@ def verify_export() -> None:
     for name, cfg in cases.items():
         params = jax.tree.map(lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape).astype(np.float32),
                               init_params(cfg, jax.random.key(0)))
+        if cfg.moe is not None and cfg.moe.router == "softmax":  # Qwen3-MoE checkpoints have no router bias
+            params = jax.tree_util.tree_map_with_path(
+                lambda path, x: np.zeros_like(x) if path[-1].key == "router_bias" else x, params)
         with tempfile.TemporaryDirectory() as folder:
             hf.save_hf(folder, cfg, params, max_shard_bytes=20_000)
             model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager",
@@ -206,6 +256,9 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     make_model("qwen2", QWEN2, transformers.Qwen2ForCausalLM, seed=0, bf16=True, shards=1)
     make_model("llama", LLAMA, transformers.LlamaForCausalLM, seed=1, bf16=False, shards=2)
+    make_model("qwen3_moe", QWEN3_MOE, transformers.Qwen3MoeForCausalLM, seed=2, bf16=True, shards=1, moe=True)
+    make_model("deepseek_v3", DEEPSEEK_V3, transformers.DeepseekV3ForCausalLM, seed=3, bf16=False, shards=1,
+               moe=True)
     make_rope()
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"wrote {OUT} ({total / 1024:.0f} KiB) with transformers {transformers.__version__}, "

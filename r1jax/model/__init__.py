@@ -1,4 +1,4 @@
-"""The r1jax language model: a pure-functional Flax linen decoder (Qwen2/Qwen2.5, Llama-3 layout).
+"""The r1jax language model: a pure-functional Flax linen decoder (Qwen2/Qwen2.5, Llama-3, Qwen3-MoE, DeepSeek-V3).
 
 Params in, logits and cache out; nothing is mutable::
 
@@ -43,9 +43,11 @@ Hidden states without logits (chunked log-probs, so [B, L, V] never exists whole
 Logical axis names: params are created boxed (`nn.Partitioned`) with names
 ('vocab', 'embed'), ('embed', 'heads', 'head_dim'), ('embed', 'kv_heads', 'head_dim'),
 ('heads', 'head_dim', 'embed'), ('embed', 'mlp'), ('mlp', 'embed'), ('norm',),
-('embed', 'vocab'); activations are constrained with ('batch', 'length', 'embed' |
-'heads' | 'kv_heads' | 'mlp' | 'vocab'), cache keys with ('batch', 'cache_length',
-'kv_heads', 'head_dim'). Without axis rules and a mesh these are no-ops. `apply`
+('embed', 'vocab'), and for MoE/MLA ('expert', 'embed', 'mlp') on stacked expert
+weights, ('embed', 'expert') on the router, ('embed', 'q_lora' | 'kv_lora'); activations
+are constrained with ('batch', 'length', 'embed' | 'heads' | 'kv_heads' | 'mlp' |
+'vocab'), cache keys with ('batch', 'cache_length', 'kv_heads', 'head_dim') (MLA:
+'kv_lora' latents). Without axis rules and a mesh these are no-ops. `apply`
 accepts boxed or plain params; `init_params` returns plain arrays and
 `param_logical_axes(cfg)` the matching PartitionSpec tree of names.
 
@@ -57,10 +59,24 @@ MLP class). An attention class is built as `cls(cfg)`, called as
 `(x_BxLxE, positions_BxL, allowed_BxLxS, layer_cache | None, index) -> (y_BxLxE,
 layer_cache | None)`, and has a staticmethod `init_cache(cfg, batch, max_len,
 dtype)` giving its layer cache. An MLP class is built as `cls(cfg)` and called
-on x_BxLxE.
+on (x_BxLxE, mask_BxL | None); only MoE reads the mask (for its statistics).
+
+Mixture of experts and latent attention (DeepSeek-V3): `cfg.moe` makes layers
+`MoE` (routed experts on a leading 'expert' param axis, shared experts,
+dropless dispatch), `cfg.mla` makes every attention `MLA` (its cache, an
+`MLACache`, holds only latents and RoPE keys). Each MoE layer's balancing bias
+is the param leaf `router_bias`, reached only through stop_gradient: keep it out
+of the optimizer with `router_bias_mask(params)` and move it after each step
+with `update_router_bias(params, stats['expert_load'], cfg.moe.bias_update_rate)`.
+MoE layers sow expert loads and balance losses into 'intermediates' when the
+caller asks (`mutable=['intermediates']`, else nothing is computed);
+`moe_aux(cfg, state['intermediates'])` gives (aux_loss, stats) — see router.py.
 """
 from r1jax.model.attention import Attention, KVCache, attention_mask
 from r1jax.model.layers import Embed, LMHead, Mlp, RMSNorm
+from r1jax.model.mla import MLA, MLACache
+from r1jax.model.moe import MoE, expert_ffn, is_moe_layer
+from r1jax.model.router import moe_aux, route, router_bias_mask, update_router_bias
 from r1jax.model.rope import apply_rope, rope_frequencies
 from r1jax.model.transformer import (
     Block,
@@ -75,7 +91,8 @@ from r1jax.model.transformer import (
 )
 
 __all__ = [
-    "Attention", "Block", "Cache", "Embed", "KVCache", "LMHead", "Mlp", "RMSNorm", "Transformer",
-    "apply_rope", "attention_mask", "block_parts", "init_cache", "init_params", "param_logical_axes",
-    "positions_from_mask", "repeat_cache", "rope_frequencies",
+    "Attention", "Block", "Cache", "Embed", "KVCache", "LMHead", "MLA", "MLACache", "Mlp", "MoE", "RMSNorm",
+    "Transformer", "apply_rope", "attention_mask", "block_parts", "expert_ffn", "init_cache", "init_params",
+    "is_moe_layer", "moe_aux", "param_logical_axes", "positions_from_mask", "repeat_cache", "rope_frequencies",
+    "route", "router_bias_mask", "update_router_bias",
 ]

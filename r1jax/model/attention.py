@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.config import ModelConfig
-from r1jax.model.layers import Dense, constrain
+from r1jax.model.layers import Dense, RMSNorm, constrain
 from r1jax.model.rope import apply_rope, rope_frequencies
 
 _MASKED = -1e30  # finite, so a query with no visible key gets a uniform (ignored) row, not NaN
@@ -43,7 +43,7 @@ def attention_mask(valid_BxS: jax.Array, index: jax.Array, length: int,
 
 
 class Attention(nn.Module):
-    """Multi-head attention with grouped kv heads, optional q/k/v (and output) bias, RoPE."""
+    """Multi-head attention with grouped kv heads, optional q/k/v (and output) bias, optional q/k norm, RoPE."""
 
     cfg: ModelConfig
 
@@ -68,6 +68,9 @@ class Attention(nn.Module):
         q_BxLxHxD = proj(cfg.num_heads, "heads", "q")(x_BxLxE)
         k_BxLxKxD = proj(cfg.num_kv_heads, "kv_heads", "k")(x_BxLxE)
         v_BxLxKxD = proj(cfg.num_kv_heads, "kv_heads", "v")(x_BxLxE)
+        if cfg.qk_norm:  # per-head RMSNorm before RoPE (Qwen3)
+            q_BxLxHxD = RMSNorm(cfg, name="q_norm")(q_BxLxHxD)
+            k_BxLxKxD = RMSNorm(cfg, name="k_norm")(k_BxLxKxD)
 
         inv_freq, rope_factor = rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         q_BxLxHxD = constrain(apply_rope(q_BxLxHxD, positions_BxL, inv_freq, rope_factor),

@@ -75,7 +75,9 @@ class Mlp(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxLxE: jax.Array) -> jax.Array:
+    def __call__(self, x_BxLxE: jax.Array, mask_BxL: jax.Array | None = None) -> jax.Array:
+        """`mask_BxL` is unused (token-wise); it is part of the MLP-class call signature."""
+        del mask_BxL
         cfg = self.cfg
         gate_BxLxM = Dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), name="gate")(x_BxLxE)
         up_BxLxM = Dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), name="up")(x_BxLxE)

@@ -16,12 +16,13 @@ import jax.numpy as jnp
 from r1jax.config import ModelConfig
 from r1jax.model.attention import Attention, attention_mask
 from r1jax.model.layers import Embed, LMHead, Mlp, RMSNorm, constrain
+from r1jax.model.mla import MLA
+from r1jax.model.moe import MoE, is_moe_layer
 
 
 def block_parts(cfg: ModelConfig, layer: int) -> tuple[type[nn.Module], type[nn.Module]]:
     """(attention class, MLP class) of block `layer`: the one place where MLA or MoE layers plug in."""
-    del cfg, layer  # every layer is dense GQA for now
-    return Attention, Mlp
+    return (Attention if cfg.mla is None else MLA), (MoE if is_moe_layer(cfg.moe, layer) else Mlp)
 
 
 @flax.struct.dataclass
@@ -60,11 +61,11 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxE: jax.Array, positions_BxL: jax.Array, allowed_BxLxS: jax.Array,
-                 cache: Any, index: jax.Array) -> tuple[jax.Array, Any]:
+                 cache: Any, index: jax.Array, mask_BxL: jax.Array | None = None) -> tuple[jax.Array, Any]:
         attn_BxLxE, cache = self.attention_cls(self.cfg, name="attn")(
             RMSNorm(self.cfg, name="attn_norm")(x_BxLxE), positions_BxL, allowed_BxLxS, cache, index)
         x_BxLxE = constrain(x_BxLxE + attn_BxLxE, "batch", "length", "embed")
-        mlp_BxLxE = self.mlp_cls(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxLxE))
+        mlp_BxLxE = self.mlp_cls(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxLxE), mask_BxL)
         return constrain(x_BxLxE + mlp_BxLxE, "batch", "length", "embed"), cache
 
 
@@ -116,7 +117,7 @@ class Transformer(nn.Module):
         layer_caches = []
         for i, layer in enumerate(self.layers):
             x_BxLxE, layer_cache = layer(x_BxLxE, positions, allowed_BxLxS,
-                                         None if cache is None else cache.layers[i], index)
+                                         None if cache is None else cache.layers[i], index, mask_BxL)
             layer_caches.append(layer_cache)
         x_BxLxE = constrain(self.final_norm(x_BxLxE), "batch", "length", "embed")
         if cache is not None:

@@ -1,0 +1,148 @@
+"""DeepSeekMoE / Qwen3-MoE feed-forward layer with dropless dispatch (DeepSeek-V3, arXiv 2412.19437 §2.1.2).
+
+    h'_t = Σ_shared FFN_s(h_t) + Σ_{i ∈ top-k} g_i,t · FFN_i(h_t)      (V3 eq. 12)
+
+Dispatch keeps every token: the T·K (token, expert) pairs are sorted by
+expert, each expert's contiguous group goes through its SwiGLU, outputs are
+weighted by their gates and scatter-added back to their tokens. Two grouped
+matmul back ends, same numbers:
+  ragged_dot  jax.lax.ragged_dot over the groups; native (cost ∝ T·K) on GPU/TPU,
+              but jax lowers it on CPU to a dense masked dot over all experts.
+  blocked     groups padded to blocks of `pairs // experts` rows, one batched
+              matmul of blocks with their expert's weights gathered; compiled cost
+              ≤ 2× the T·K ideal on every backend, whatever the number of experts.
+`expert_ffn` is a pure function of (tokens, routing, weights), so an expert-
+parallel shard_map can wrap it later.
+
+Shape legend: B batch, L length, T = B·L tokens, E embed_dim, X experts,
+K experts per token, P = T·K pairs, M expert_dim, N blocks, R rows per block.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from r1jax.config import ModelConfig, MoEConfig
+from r1jax.model import router
+from r1jax.model.layers import Mlp, constrain
+
+
+def is_moe_layer(moe: MoEConfig | None, layer: int) -> bool:
+    """Whether block `layer` has an MoE feed-forward (first_k_dense, dense_layers, sparse_step)."""
+    return (moe is not None and layer >= moe.first_k_dense and layer not in moe.dense_layers
+            and (layer + 1) % moe.sparse_step == 0)
+
+
+def dispatch_backend(moe: MoEConfig) -> str:
+    """'ragged_dot' or 'blocked'; 'auto' picks ragged_dot on GPU/TPU only (on CPU jax's ragged_dot is dense)."""
+    if moe.dispatch != "auto":
+        return moe.dispatch
+    return "ragged_dot" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "blocked"
+
+
+def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    return nn.silu(gate) * up
+
+
+def ragged_ffn(x_PxE: jax.Array, group_sizes_X: jax.Array, wi_gate_XxExM: jax.Array, wi_up_XxExM: jax.Array,
+               wo_XxMxE: jax.Array) -> jax.Array:
+    """SwiGLU of each expert on its contiguous group of rows, by jax.lax.ragged_dot."""
+    gate_PxM = jax.lax.ragged_dot(x_PxE, wi_gate_XxExM, group_sizes_X)
+    up_PxM = jax.lax.ragged_dot(x_PxE, wi_up_XxExM, group_sizes_X)
+    return jax.lax.ragged_dot(_swiglu(gate_PxM, up_PxM), wo_XxMxE, group_sizes_X)
+
+
+def blocked_ffn(x_PxE: jax.Array, group_sizes_X: jax.Array, wi_gate_XxExM: jax.Array, wi_up_XxExM: jax.Array,
+                wo_XxMxE: jax.Array) -> jax.Array:
+    """ragged_ffn's result by block-padded batched matmuls (MegaBlocks-style, arXiv 2211.15841), static shapes.
+
+    Each group is padded to a multiple of R = max(1, P // X) rows, so the blocks hold at
+    most P + X·(R−1) < 2P rows: FLOPs ≤ 2× those of the real rows, for any X.
+    """
+    pairs, embed = x_PxE.shape
+    num_experts = group_sizes_X.shape[0]
+    rows = max(1, pairs // num_experts)
+    num_blocks = -(-(pairs + num_experts * (rows - 1)) // rows)
+    blocks_X = (group_sizes_X + rows - 1) // rows
+    first_block_X = jnp.cumsum(blocks_X) - blocks_X
+    first_row_X = jnp.cumsum(group_sizes_X) - group_sizes_X
+    expert_P = jnp.repeat(jnp.arange(num_experts), group_sizes_X, total_repeat_length=pairs)
+    slot_P = first_block_X[expert_P] * rows + jnp.arange(pairs) - first_row_X[expert_P]
+    # trailing unused blocks hold zeros; any expert will do for them
+    block_expert_N = jnp.minimum(jnp.searchsorted(jnp.cumsum(blocks_X), jnp.arange(num_blocks), side="right"),
+                                 num_experts - 1)
+    x_NxRxE = (jnp.zeros((num_blocks * rows, embed), x_PxE.dtype).at[slot_P].set(x_PxE, unique_indices=True)
+               .reshape(num_blocks, rows, embed))
+    gate_NxRxM = jnp.einsum("nre,nem->nrm", x_NxRxE, wi_gate_XxExM[block_expert_N])
+    up_NxRxM = jnp.einsum("nre,nem->nrm", x_NxRxE, wi_up_XxExM[block_expert_N])
+    out_NxRxE = jnp.einsum("nrm,nme->nre", _swiglu(gate_NxRxM, up_NxRxM), wo_XxMxE[block_expert_N])
+    return out_NxRxE.reshape(num_blocks * rows, embed)[slot_P]
+
+
+def expert_ffn(x_TxE: jax.Array, experts_TxK: jax.Array, gates_TxK: jax.Array, wi_gate_XxExM: jax.Array,
+               wi_up_XxExM: jax.Array, wo_XxMxE: jax.Array, backend: str = "blocked") -> jax.Array:
+    """Σ_k gate_tk · FFN_{expert_tk}(x_t), dropless: sort pairs by expert, grouped matmuls, scatter-add back."""
+    tokens, top_k = experts_TxK.shape
+    num_experts = wi_gate_XxExM.shape[0]
+    experts_P = experts_TxK.reshape(-1)
+    order_P = jnp.argsort(experts_P, stable=True)
+    token_P = order_P // top_k
+    group_sizes_X = jnp.bincount(experts_P, length=num_experts).astype(jnp.int32)
+    grouped = ragged_ffn if backend == "ragged_dot" else blocked_ffn
+    out_PxE = grouped(jnp.take(x_TxE, token_P, axis=0), group_sizes_X, wi_gate_XxExM, wi_up_XxExM, wo_XxMxE)
+    weighted_PxE = out_PxE.astype(jnp.float32) * gates_TxK.reshape(-1)[order_P][:, None]
+    y_TxE = jnp.zeros((tokens, x_TxE.shape[1]), jnp.float32).at[token_P].add(weighted_PxE)
+    return y_TxE.astype(x_TxE.dtype)
+
+
+def _expert_init(in_axis: int) -> nn.initializers.Initializer:
+    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=-1,
+                                            batch_axis=(0,))
+
+
+class MoE(nn.Module):
+    """Routed experts (leading 'expert' axis) plus shared experts; sows load statistics and balance losses."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxE: jax.Array, mask_BxL: jax.Array | None = None) -> jax.Array:
+        """y_BxLxE; `mask_BxL` (False: padding) only keeps pads out of the statistics, every token is computed."""
+        cfg, moe = self.cfg, self.cfg.moe
+        batch, length, embed = x_BxLxE.shape
+        x_TxE = jnp.asarray(x_BxLxE, cfg.dtype).reshape(batch * length, embed)
+        experts_shape = (moe.num_experts, embed, moe.expert_dim)
+
+        def param(name, init, shape, axes, dtype=cfg.param_dtype):
+            return self.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+        router_ExX = param("router", nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+                           (embed, moe.num_experts), ("embed", "expert"))
+        # f32 whatever param_dtype: updates of 1e-3 must not round away
+        bias_X = param(router.BIAS, nn.initializers.zeros_init(), (moe.num_experts,), ("expert",), jnp.float32)
+        wi_gate_XxExM = param("wi_gate", _expert_init(-2), experts_shape, ("expert", "embed", "mlp"))
+        wi_up_XxExM = param("wi_up", _expert_init(-2), experts_shape, ("expert", "embed", "mlp"))
+        wo_XxMxE = param("wo", _expert_init(-2), (moe.num_experts, moe.expert_dim, embed), ("expert", "mlp", "embed"))
+
+        # router in f32 (V3 keeps the gate in full precision)
+        logits_TxX = jnp.einsum("te,ex->tx", x_TxE.astype(jnp.float32), router_ExX.astype(jnp.float32))
+        gates_TxK, experts_TxK, scores_TxX = router.route(logits_TxX, bias_X, moe)
+        dtype = cfg.dtype
+        y_TxE = expert_ffn(x_TxE, experts_TxK, gates_TxK, wi_gate_XxExM.astype(dtype), wi_up_XxExM.astype(dtype),
+                           wo_XxMxE.astype(dtype), dispatch_backend(moe))
+        y_BxLxE = y_TxE.reshape(batch, length, embed)
+        if moe.num_shared_experts:
+            shared_cfg = dataclasses.replace(cfg, mlp_dim=moe.num_shared_experts * moe.expert_dim)
+            y_BxLxE = y_BxLxE + Mlp(shared_cfg, name="shared")(x_BxLxE)
+
+        if self.is_mutable_collection("intermediates"):  # statistics cost nothing unless asked for
+            mask_BxL = jnp.ones((batch, length), bool) if mask_BxL is None else mask_BxL
+            valid_T = mask_BxL.reshape(-1)
+            self.sow("intermediates", "expert_load", router.expert_counts(experts_TxK, valid_T, moe.num_experts))
+            self.sow("intermediates", "seq_balance_loss", router.seq_balance_loss(
+                scores_TxX.reshape(batch, length, -1), experts_TxK.reshape(batch, length, -1), mask_BxL))
+            self.sow("intermediates", "switch_loss", router.switch_loss(scores_TxX, experts_TxK, valid_T))
+        return constrain(y_BxLxE.astype(cfg.dtype), "batch", "length", "embed")

@@ -141,7 +141,7 @@ def test_chunked_gradient_equals_unchunked(params):
     packed, _ = pack(_examples(6, seed=4), seq_len=24)
 
     def mean_ce(p, chunk):
-        ce, _, _, w = token_losses(MODEL, p, packed, chunk)
+        ce, _, _, w, _ = token_losses(MODEL, p, packed, chunk)
         return (ce * w).sum() / w.sum()
 
     def full_logits_ce(p):
@@ -229,9 +229,9 @@ def test_kd_kl_by_hand():
 def test_distill_kl_is_zero_when_teacher_is_student(params):
     batch, _ = pack(_examples(4, seed=10), seq_len=32)
     losses = jax.jit(lambda p, t: token_losses(MODEL, p, batch, 8, MODEL, t, temperature=2.0))
-    ce, _, kl, w = losses(params, params)
+    ce, _, kl, w, _ = losses(params, params)
     assert float(jnp.abs(kl * w).max()) < 1e-6 and float(w.sum()) > 0
-    _, _, kl, _ = losses(params, jax.tree.map(lambda x: x * 1.1, params))
+    _, _, kl, _, _ = losses(params, jax.tree.map(lambda x: x * 1.1, params))
     assert float((kl * w).sum() / w.sum()) > 1e-4
     np.testing.assert_allclose((ce * w).sum() / w.sum(), make_eval_loss(MODEL, 8)(params, batch)["loss"], rtol=1e-5)
 

@@ -19,7 +19,7 @@ import optax
 from r1jax.config import GRPOConfig
 from r1jax.model import Transformer
 from r1jax.rl.grpo import aggregate, grpo_objective
-from r1jax.train.logprobs import completion_logps
+from r1jax.train.logprobs import balance_experts, completion_logps, completion_logps_aux
 from r1jax.train.optim import TrainState, apply_gradients
 
 
@@ -60,14 +60,19 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
     (the place for state outside the gradient, such as the MoE balancing bias)."""
 
     def loss_fn(params, mb: GRPOBatch):
-        logp_BxT, ent_BxT = completion_logps(model, params, mb.prompt_BxP, mb.prompt_mask_BxP, mb.completion_BxT,
-                                             mb.completion_mask_BxT, cfg.logprob_chunk, with_entropy=True)
+        logp_BxT, ent_BxT, aux, stats = completion_logps_aux(
+            model, params, mb.prompt_BxP, mb.prompt_mask_BxP, mb.completion_BxT, mb.completion_mask_BxT,
+            cfg.logprob_chunk, with_entropy=True)
         loss, metrics = grpo_objective(
             logp_BxT, mb.old_logps_BxT, mb.ref_logps_BxT if cfg.kl_beta else None, mb.advantages_B,
             mb.loss_mask_BxT, eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
             kl_beta=cfg.kl_beta, kl_estimator=cfg.kl_estimator, aggregation=cfg.aggregation,
             max_len=cfg.max_new_tokens)
         metrics["entropy"] = aggregate(jax.lax.stop_gradient(ent_BxT), mb.loss_mask_BxT, "token-mean")
+        if "expert_load" in stats:  # MoE: balance losses join the objective, loads feed the bias update
+            loss = loss + aux
+            metrics["moe/aux_loss"] = aux
+            metrics["moe/expert_load"] = jax.lax.stop_gradient(stats["expert_load"]) * cfg.grad_accum
         metrics["loss"] = loss
         return loss, metrics
 
@@ -97,7 +102,8 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
             mb = _rows(batch, (k % cfg.num_minibatches) * mb_rows, mb_rows)
             grads, metrics = minibatch_grads(state.params, mb, mb_rows // cfg.grad_accum)
             state, opt_metrics = apply_gradients(state, grads, metrics["loss"], tx)
-            metrics = {**metrics, **opt_metrics}
+            params, metrics = balance_experts(model, state.params, {**metrics, **opt_metrics})
+            state = state.replace(params=params)
             if post_update is not None:
                 state = post_update(state, metrics)
             return state, metrics

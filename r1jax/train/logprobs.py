@@ -7,10 +7,12 @@ slots, then T completion slots.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
-from r1jax.model import Transformer
+from r1jax.model import Transformer, moe_aux, update_router_bias
 
 
 def chunked_token_logps(model: Transformer, params, hidden_BxTxE: jax.Array, targets_BxT: jax.Array,
@@ -41,15 +43,53 @@ def chunked_token_logps(model: Transformer, params, hidden_BxTxE: jax.Array, tar
     return logp_BxT, (ent_BxT if with_entropy else None)
 
 
+def hidden_with_aux(model: Transformer, params, tokens_BxL: jax.Array, positions_BxL: jax.Array,
+                    mask_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None
+                    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Final hidden states, the MoE auxiliary loss and expert-load stats (0 and {} for dense models)."""
+    args = (tokens_BxL, positions_BxL, mask_BxL)
+    if model.cfg.moe is None:
+        hidden_BxLxE, _ = model.apply({"params": params}, *args, segment_ids=segment_ids_BxL, method="hidden")
+        return hidden_BxLxE, jnp.zeros((), jnp.float32), {}
+    (hidden_BxLxE, _), state = model.apply({"params": params}, *args, segment_ids=segment_ids_BxL, method="hidden",
+                                           mutable=["intermediates"])
+    aux, stats = moe_aux(model.cfg, state["intermediates"])
+    return hidden_BxLxE, aux, stats
+
+
+def balance_experts(model: Transformer, params, metrics: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
+    """After an update: the auxiliary-loss-free bias step (DeepSeek-V3 §2.1.2) and a load-imbalance metric.
+
+    Takes `moe/expert_load` out of `metrics` (summed over the batch) and adds
+    `moe/load_imbalance` = mean over layers of max load / mean load − 1.
+    """
+    metrics = dict(metrics)
+    load_LxX = metrics.pop("moe/expert_load", None)
+    if load_LxX is None:
+        return params, metrics
+    metrics["moe/load_imbalance"] = jnp.mean(load_LxX.max(axis=1) / jnp.maximum(load_LxX.mean(axis=1), 1e-9) - 1)
+    return update_router_bias(params, load_LxX, model.cfg.moe.bias_update_rate), metrics
+
+
+def completion_logps_aux(model: Transformer, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
+                         completion_BxT: jax.Array, completion_mask_BxT: jax.Array, chunk: int = 256,
+                         with_entropy: bool = False):
+    """(logp_BxT, entropy_BxT or None, MoE aux loss, MoE stats) of each completion token."""
+    tokens_BxS = jnp.concatenate([prompt_BxP, completion_BxT], axis=1)
+    mask_BxS = jnp.concatenate([prompt_mask_BxP, completion_mask_BxT], axis=1).astype(bool)
+    positions_BxS = jnp.maximum(jnp.cumsum(mask_BxS, axis=1, dtype=jnp.int32) - 1, 0)
+    hidden_BxSxE, aux, stats = hidden_with_aux(model, params, tokens_BxS, positions_BxS, mask_BxS)
+    prompt_len, length = prompt_BxP.shape[1], completion_BxT.shape[1]
+    # the hidden state at slot s predicts the token at slot s + 1
+    hidden_BxTxE = jax.lax.dynamic_slice_in_dim(hidden_BxSxE, prompt_len - 1, length, axis=1)
+    logp_BxT, ent_BxT = chunked_token_logps(model, params, hidden_BxTxE, completion_BxT, chunk, with_entropy)
+    return logp_BxT, ent_BxT, aux, stats
+
+
 def completion_logps(model: Transformer, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
                      completion_BxT: jax.Array, completion_mask_BxT: jax.Array, chunk: int = 256,
                      with_entropy: bool = False) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs (and entropies) of each completion token given its prompt and earlier tokens."""
-    tokens_BxS = jnp.concatenate([prompt_BxP, completion_BxT], axis=1)
-    mask_BxS = jnp.concatenate([prompt_mask_BxP, completion_mask_BxT], axis=1).astype(bool)
-    positions_BxS = jnp.maximum(jnp.cumsum(mask_BxS, axis=1, dtype=jnp.int32) - 1, 0)
-    hidden_BxSxE, _ = model.apply({"params": params}, tokens_BxS, positions_BxS, mask_BxS, method="hidden")
-    prompt_len, length = prompt_BxP.shape[1], completion_BxT.shape[1]
-    # the hidden state at slot s predicts the token at slot s + 1
-    hidden_BxTxE = jax.lax.dynamic_slice_in_dim(hidden_BxSxE, prompt_len - 1, length, axis=1)
-    return chunked_token_logps(model, params, hidden_BxTxE, completion_BxT, chunk, with_entropy)
+    out = completion_logps_aux(model, params, prompt_BxP, prompt_mask_BxP, completion_BxT, completion_mask_BxT,
+                               chunk, with_entropy)
+    return out[0], out[1]

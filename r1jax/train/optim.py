@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from r1jax.config import OptimizerConfig
+from r1jax.model import router_bias_mask
 
 
 @flax.struct.dataclass
@@ -35,8 +36,10 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
 
 
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    # MoE balancing biases are not trained: no weight decay for them (their gradient is exactly 0)
+    decay_mask = lambda params: jax.tree.map(lambda frozen: not frozen, router_bias_mask(params))  # noqa: E731
     adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay)
+                        weight_decay=cfg.weight_decay, mask=decay_mask)
     if cfg.grad_clip is None:
         return adamw
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)

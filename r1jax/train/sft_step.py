@@ -25,6 +25,7 @@ import optax
 
 from r1jax.data.packing import PackedBatch
 from r1jax.model import Transformer
+from r1jax.train.logprobs import balance_experts, hidden_with_aux
 from r1jax.train.optim import TrainState, apply_gradients
 
 Metrics = dict[str, jax.Array]
@@ -64,20 +65,18 @@ def chunked_map(fn: Callable[..., tuple[jax.Array, ...]], chunk: int, *xs_BxT: j
     return tuple(y.swapaxes(0, 1).reshape(batch, -1)[:, :length] for y in ys_NxBxC)
 
 
-def _hidden(model: Transformer, params, batch: PackedBatch) -> jax.Array:
+def _hidden(model: Transformer, params, batch: PackedBatch) -> tuple[jax.Array, jax.Array, dict]:
     seg_BxL = batch.segment_ids_BxL
-    hidden_BxLxE, _ = model.apply({"params": params}, batch.tokens_BxL, batch.positions_BxL, seg_BxL != 0,
-                                  method="hidden", segment_ids=seg_BxL)
-    return hidden_BxLxE
+    return hidden_with_aux(model, params, batch.tokens_BxL, batch.positions_BxL, seg_BxL != 0, seg_BxL)
 
 
 def token_losses(model: Transformer, params, batch: PackedBatch, chunk: int, teacher: Transformer | None = None,
                  teacher_params=None, temperature: float = 1.0) -> tuple[jax.Array, ...]:
-    """Per-slot (ce_BxL, correct_BxL, kl_BxL, weights_BxL); kl is zeros without a teacher."""
+    """Per-slot (ce_BxL, correct_BxL, kl_BxL, weights_BxL), MoE (aux loss, stats); kl is zeros without a teacher."""
     targets_BxL, weights_BxL = next_token_targets(batch)
-    hidden_BxLxE = _hidden(model, params, batch)
+    hidden_BxLxE, aux, stats = _hidden(model, params, batch)
     t_hidden_BxLxE = (jnp.zeros(hidden_BxLxE.shape[:2] + (1,), hidden_BxLxE.dtype) if teacher is None
-                      else jax.lax.stop_gradient(_hidden(teacher, teacher_params, batch)))
+                      else jax.lax.stop_gradient(_hidden(teacher, teacher_params, batch)[0]))
 
     def one_chunk(hidden_BxCxE, t_hidden_BxCxE, targets_BxC):
         logits_BxCxV = model.apply({"params": params}, hidden_BxCxE, method="logits").astype(jnp.float32)
@@ -89,7 +88,7 @@ def token_losses(model: Transformer, params, batch: PackedBatch, chunk: int, tea
         return -logp_BxC, correct_BxC, kd_kl(logits_BxCxV, jax.lax.stop_gradient(t_logits_BxCxV), temperature)
 
     ce_BxL, correct_BxL, kl_BxL = chunked_map(one_chunk, chunk, hidden_BxLxE, t_hidden_BxLxE, targets_BxL)
-    return ce_BxL, correct_BxL, kl_BxL, weights_BxL
+    return ce_BxL, correct_BxL, kl_BxL, weights_BxL, (aux, stats)
 
 
 def _rows(batch: PackedBatch, start: jax.Array, size: int) -> PackedBatch:
@@ -104,13 +103,17 @@ def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int
         raise ValueError(f"grad_accum={grad_accum} must be >= 1")
 
     def loss_fn(params, mb: PackedBatch, teacher_params, total):
-        ce_BxL, correct_BxL, kl_BxL, w_BxL = token_losses(model, params, mb, chunk, teacher, teacher_params,
-                                                          temperature)
+        ce_BxL, correct_BxL, kl_BxL, w_BxL, (aux, stats) = token_losses(model, params, mb, chunk, teacher,
+                                                                        teacher_params, temperature)
         per_token_BxL = ce_BxL if teacher is None else (1 - alpha) * ce_BxL + alpha * temperature ** 2 * kl_BxL
         sums = {"loss": (per_token_BxL * w_BxL).sum(), "ce": (ce_BxL * w_BxL).sum(),
                 "accuracy": (correct_BxL * w_BxL).sum()}
         if teacher is not None:
             sums["kl"] = (kl_BxL * w_BxL).sum()
+        if "expert_load" in stats:  # MoE: balance loss per micro-batch (scaled to a sum), loads for the bias
+            sums["moe/aux_loss"] = aux * total / grad_accum
+            sums["moe/expert_load"] = jax.lax.stop_gradient(stats["expert_load"]) * total
+            sums["loss"] = sums["loss"] + sums["moe/aux_loss"]
         return sums["loss"] / total, sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -135,6 +138,8 @@ def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int
                                             zeros, jnp.arange(grad_accum))
         metrics = {k: v / total for k, v in sums.items()}
         state, opt_metrics = apply_gradients(state, grads, metrics["loss"], tx)
+        params, metrics = balance_experts(model, state.params, metrics)
+        state = state.replace(params=params)
         metrics = {**metrics, **opt_metrics, "skipped": 1.0 - opt_metrics["finite"], "tokens": tokens,
                    "input_tokens": (batch.segment_ids_BxL != 0).sum().astype(jnp.float32)}
         if post_update is not None:
@@ -178,7 +183,7 @@ def make_eval_loss(model: Transformer, chunk: int = 256) -> Callable[..., Metric
 
     @jax.jit
     def eval_loss(params, batch: PackedBatch) -> Metrics:
-        ce_BxL, correct_BxL, _, w_BxL = token_losses(model, params, batch, chunk)
+        ce_BxL, correct_BxL, _, w_BxL, _ = token_losses(model, params, batch, chunk)
         tokens, loss_sum, correct_sum = w_BxL.sum(), (ce_BxL * w_BxL).sum(), (correct_BxL * w_BxL).sum()
         total = jnp.maximum(tokens, 1.0)
         return {"loss": loss_sum / total, "accuracy": correct_sum / total, "tokens": tokens,

@@ -1,0 +1,24 @@
+"""Experiment files run end to end at smoke size."""
+import importlib.util
+import pathlib
+import sys
+
+from r1jax.metrics import read_metrics
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_code_rl_trains_with_the_sandboxed_reward(tmp_path):
+    mod = _load("code_rl")
+    assert mod.main(["--workdir", str(tmp_path), "--set", "sft_steps=30", "--set", "rl_steps=2"]) == 0
+    rl = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "rl/reward/code" in r]
+    assert len(rl) == 2
+    assert all(r["rl/reward/code_failures"] == 0 and 0 <= r["rl/reward/code"] <= 1 for r in rl)

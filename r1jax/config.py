@@ -222,6 +222,23 @@ class ModelConfig:
         object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype, "param_dtype"))
         object.__setattr__(self, "dtype", _dtype_name(self.dtype, "dtype"))
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (sub-configs as dicts); inverse of `from_dict`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Rebuild from `to_dict` output (e.g. a checkpoint's meta)."""
+        d = dict(d)
+        for name, sub in (("rope_scaling", RopeScaling), ("moe", MoEConfig), ("mla", MLAConfig)):
+            if d.get(name) is not None:
+                value = dict(d[name])
+                for key, v in value.items():
+                    if isinstance(v, list):
+                        value[key] = tuple(v)
+                d[name] = sub(**value)
+        return cls(**d)
+
     @classmethod
     def tiny(cls, **overrides: Any) -> ModelConfig:
         """A 2-layer GQA model small enough for CPU unit tests (vocab 64, embed 32)."""

@@ -22,3 +22,16 @@ def test_code_rl_trains_with_the_sandboxed_reward(tmp_path):
     rl = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "rl/reward/code" in r]
     assert len(rl) == 2
     assert all(r["rl/reward/code_failures"] == 0 and 0 <= r["rl/reward/code"] <= 1 for r in rl)
+
+
+def test_evaluate_reads_a_workdir(tmp_path):
+    mod = _load("code_rl")
+    assert mod.main(["--workdir", str(tmp_path), "--set", "sft_steps=2", "--set", "rl_steps=1"]) == 0
+    ev = _load("evaluate")
+    assert ev.main(["--workdir", str(tmp_path), "--set", "problems=3", "--set", "k=2",
+                    "--set", "max_new_tokens=8"]) == 0
+    assert len((tmp_path / "evaluate.jsonl").read_text().splitlines()) == 3
+    gsm8k = ROOT / "tests" / "fixtures" / "eval" / "gsm8k_tiny.jsonl"
+    assert ev.main(["--workdir", str(tmp_path), "--data", str(gsm8k), "--set", "k=1",
+                    "--set", "max_new_tokens=4"]) == 0
+    assert len((tmp_path / "evaluate.jsonl").read_text().splitlines()) == 4

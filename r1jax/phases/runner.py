@@ -93,7 +93,7 @@ class RunContext:
         self.saves += 1
         meta = {"phase_index": self.phase_index, "phase_name": self.phase_name, "done": done,
                 "global_step": self.global_step, "cursor": cursor, "results": self.results,
-                "vocab_size": self.model_cfg.vocab_size}
+                "vocab_size": self.model_cfg.vocab_size, "model": self.model_cfg.to_dict()}
         tree = {"params": {} if self.params is None else self.params, "state": {} if state is None else state,
                 "global_step": jax.numpy.asarray(self.global_step)}
         self.ckpt.save(self.saves, tree, meta, force=True)

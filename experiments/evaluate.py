@@ -1,0 +1,80 @@
+"""Evaluate a run's latest checkpoint: pass@1 over k samples, cons@k, pass@k (DeepSeek-R1 protocol).
+
+    python experiments/evaluate.py --workdir runs/r1_zero_tiny                        # held-out arithmetic
+    python experiments/evaluate.py --workdir runs/r1_zero_tiny --data gsm8k_test.jsonl --set k=16
+    python experiments/evaluate.py --workdir runs/r1_zero_tiny --set task=countdown
+
+Reads the model config, tokenizer and params that the phase runner saved in the
+workdir; samples k completions per problem at temperature 0.6, top-p 0.95 and
+writes per-problem records to <workdir>/evaluate.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from r1jax.cli import add_common_flags, apply_overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    task: str = "arithmetic"  # or "countdown"; ignored with --data
+    problems: int = 64
+    num_ops: int = 2
+    max_value: int = 9
+    k: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 96
+    seed: int = 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(parser, ["default"])
+    parser.add_argument("--data", default=None, help="GSM8K/MATH-layout JSONL file to evaluate on")
+    args = parser.parse_args(argv)
+    if args.workdir is None:
+        parser.error("--workdir is required (a directory written by an experiment)")
+    cfg = apply_overrides(EvalConfig(), args.overrides)
+
+    import jax
+
+    from r1jax import data
+    from r1jax.checkpoint import Checkpointer
+    from r1jax.config import ModelConfig
+    from r1jax.evaluate import evaluate
+    from r1jax.rewards import RewardPool
+    from r1jax.tokenizer import Tokenizer
+
+    with Checkpointer(os.path.join(args.workdir, "checkpoints")) as ckpt:
+        if ckpt.latest_step() is None:
+            raise SystemExit(f"{args.workdir}: no checkpoint to evaluate")
+        saved, meta = ckpt.restore()
+    if "model" not in meta or not saved.get("params"):
+        raise SystemExit(f"{args.workdir}: the latest checkpoint holds no model (phase {meta.get('phase_name')!r})")
+    model_cfg = ModelConfig.from_dict(meta["model"])
+    tok = Tokenizer.load(os.path.join(args.workdir, "tokenizer.model"))
+    if args.data:
+        problems = args.data
+    elif cfg.task == "arithmetic":
+        problems = data.generate_arithmetic(data.ArithmeticConfig(num_ops=cfg.num_ops, max_value=cfg.max_value,
+                                                                  ops=("+", "-")), "test", cfg.problems, cfg.seed)
+    elif cfg.task == "countdown":
+        problems = data.generate_countdown(data.CountdownConfig(), "test", cfg.problems, cfg.seed)
+    else:
+        raise SystemExit(f"task={cfg.task!r}: choose arithmetic or countdown, or pass --data")
+    with RewardPool(2, 10.0) as pool:
+        result = evaluate(saved["params"], model_cfg, tok, problems, max_new_tokens=cfg.max_new_tokens,
+                          template=data.R1_ZERO, rng=jax.random.key(cfg.seed), k=cfg.k,
+                          temperature=cfg.temperature, top_p=cfg.top_p, pool=pool)
+    result.write_jsonl(os.path.join(args.workdir, "evaluate.jsonl"))
+    print(json.dumps({k: round(v, 4) for k, v in result.summary().items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from r1jax.config import ModelConfig
 from r1jax.data import Problem, batch_columns, load_jsonl
+from r1jax.rewards.accuracy import as_fraction
 from r1jax.rewards import (RewardFn, RewardPool, WeightedReward, accuracy_reward, combine_rewards, countdown_reward,
                            format_reward)
 from r1jax.sampling import Sampler
@@ -45,9 +46,6 @@ TASK_CORRECTNESS: dict[str, RewardFn] = {"countdown": countdown_reward}  # every
 _SPACE_RE = re.compile(r"\s+|\\[,;:! ]")
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\{(.*)\}", re.DOTALL)
 _THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?")
-_NUMBER_RE = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)")
-_SLASH_RE = re.compile(r"([-+]?\d+)/([-+]?\d+)")
-_FRAC_RE = re.compile(r"([-+]?)\\[dt]?frac\{([-+]?\d+(?:\.\d+)?)\}\{([-+]?\d+(?:\.\d+)?)\}")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -83,7 +81,7 @@ def normalize_answer(answer: str | None) -> str | None:
     text = _SPACE_RE.sub("", text).rstrip(".")
     if _THOUSANDS_RE.fullmatch(text):
         text = text.replace(",", "")
-    value = _as_number(text)
+    value = as_fraction(text)
     return str(value) if value is not None else (text or None)
 
 
@@ -121,20 +119,6 @@ def _balanced(text: str) -> bool:
         if depth < 0:
             return False
     return depth == 0
-
-
-def _as_number(text: str) -> Fraction | None:
-    """Exact value of an integer, decimal, `a/b` or `\\frac{a}{b}`; None otherwise."""
-    try:
-        if _NUMBER_RE.fullmatch(text):
-            return Fraction(text)
-        if m := _SLASH_RE.fullmatch(text):
-            return Fraction(int(m[1]), int(m[2]))
-        if m := _FRAC_RE.fullmatch(text):
-            return Fraction(m[2]) / Fraction(m[3]) * (-1 if m[1] == "-" else 1)
-    except ZeroDivisionError:
-        return None
-    return None
 
 
 # ----------------------------------------------------------------------------- results

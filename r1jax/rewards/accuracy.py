@@ -20,9 +20,9 @@ MAX_ANSWER_CHARS = 1000  # longer answers score 0 without parsing
 MAX_NESTING = 8  # deeper bracket nesting scores 0: math-verify's parser slows down ~exponentially
 DEFAULT_TIMEOUT_S = 5  # math-verify's own timeout; it uses signal.alarm, so main thread only
 
-_NUMBER_RE = re.compile(r"-?(\d+(\.\d*)?|\.\d+)")
-_FRAC_RE = re.compile(r"(-?)\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}")
-_SLASH_RE = re.compile(r"(-?\d+)/(-?\d+)")
+_NUMBER_RE = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)")
+_FRAC_RE = re.compile(r"([-+]?)\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}")
+_SLASH_RE = re.compile(r"([-+]?\d+)/(-?\d+)")
 _SPACE_RE = re.compile(r"\s+|\\[,;:! ]")
 
 
@@ -53,7 +53,7 @@ def is_correct(pred: str | None, gold: str, timeout_s: float | None = DEFAULT_TI
     p, g = _normalize(pred), _normalize(gold)
     if p == g:
         return True
-    p_num, g_num = _as_fraction(p), _as_fraction(g)
+    p_num, g_num = as_fraction(p), as_fraction(g)
     if p_num is not None and g_num is not None:
         if p_num == g_num:
             return True
@@ -82,7 +82,7 @@ def _normalize(text: str) -> str:
     return text.rstrip(".")
 
 
-def _as_fraction(text: str) -> Fraction | None:
+def as_fraction(text: str) -> Fraction | None:
     """Exact value of an integer, decimal, `a/b` or `\\frac{a}{b}`; None otherwise."""
     text = text.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d*)?", text) else text
     try:
@@ -91,7 +91,7 @@ def _as_fraction(text: str) -> Fraction | None:
         if m := _SLASH_RE.fullmatch(text):
             return Fraction(int(m[1]), int(m[2]))
         if m := _FRAC_RE.fullmatch(text):
-            return Fraction(int(m[2]), int(m[3])) * (-1 if m[1] else 1)
+            return Fraction(int(m[2]), int(m[3])) * (-1 if m[1] == "-" else 1)
     except ZeroDivisionError:
         return None
     return None

@@ -97,7 +97,7 @@ class SFTPhase:
             else:
                 ctx.advance()
             bar.update(1)
-            ctx.params = state.params
+            ctx.params = state.params  # what a checkpoint written now must hold
             ctx.maybe_save(step + 1, state, cursor)
         bar.close()
         ctx.params = state.params
@@ -148,7 +148,8 @@ class RLPhase:
 
         result = evaluate(trainer.state.params, ctx.model_cfg, ctx.tokenizer, self.eval_problems(ctx),
                           max_new_tokens=self.grpo.max_new_tokens, template=self.template,
-                          rng=jax.random.fold_in(ctx.rng(step), 1 << 20), k=self.eval_k, sampler=trainer.sampler)
+                          rng=jax.random.fold_in(ctx.rng(step), 1 << 20), k=self.eval_k, sampler=trainer.sampler,
+                          pool=trainer.pool)
         return {f"eval/{k}": v for k, v in result.summary().items()}
 
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:

@@ -35,7 +35,7 @@ def load_jsonl(path: str | os.PathLike, layout: str = "auto", task: str | None =
     stem = os.path.splitext(os.path.basename(path))[0]
     problems: list[Problem] = []
     seen_ids: dict[str, int] = {}
-    for line_no, record in _records(path):
+    for line_no, record in json_records(path):
         where = f"{path}:{line_no}"
         if layout == "auto":
             layout = detect_layout(record, where)
@@ -70,8 +70,8 @@ def gsm8k_final(answer_text: str, where: str = "<record>") -> str:
     return final
 
 
-def _records(path: str):
-    """(line number, parsed object) for each non-blank line."""
+def json_records(path: str):
+    """(line number, JSON object) for each non-blank line; errors name file and line."""
     try:
         with open(path, "rb") as f:
             raw_lines = f.read().split(b"\n")

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from r1jax.data import Problem
+from r1jax.data.jsonl import DatasetError, json_records
 from r1jax.evaluate import evaluate
 from r1jax.phases.runner import RunContext
 from r1jax.rewards import RewardPool, language_share
@@ -114,15 +115,10 @@ class RejectionSamplingPhase:
 def read_sft_jsonl(path: str) -> list[tuple[str, str]]:
     """(prompt, completion) pairs from a rejection-sampling JSONL file; errors name file and line."""
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                pairs.append((row["prompt"], row["completion"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: not a {{'prompt', 'completion'}} record ({e})") from None
+    for line_no, row in json_records(path):
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
+            raise DatasetError(f"{path}:{line_no}: needs string fields 'prompt' and 'completion'")
+        pairs.append((row["prompt"], row["completion"]))
     if not pairs:
-        raise ValueError(f"{path}: no SFT records (did rejection sampling keep nothing?)")
+        raise DatasetError(f"{path}: no SFT records (did rejection sampling keep nothing?)")
     return pairs

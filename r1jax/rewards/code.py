@@ -24,7 +24,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from r1jax.data.jsonl import DatasetError
+from r1jax.data.jsonl import DatasetError, json_records
 from r1jax.rewards.code_checks import Check, decode_value, parse_asserts
 from r1jax.rewards.sandbox import Outcome, SandboxLimits, run_sandboxed
 from r1jax.rewards.sandbox_child import output_digest
@@ -201,7 +201,7 @@ def load_code_tasks(path: str | os.PathLike) -> tuple[CodeTask, ...]:
     path = os.fspath(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     tasks, seen = [], {}
-    for line_no, record in _records(path):
+    for line_no, record in json_records(path):
         where = f"{path}:{line_no}"
         question = next((record[f] for f in PROMPT_FIELDS if f in record), None)
         if not isinstance(question, str) or not question.strip():
@@ -249,22 +249,3 @@ def _spec(record: dict[str, Any], where: str) -> dict[str, Any]:
         return spec
     raise DatasetError(f"{where}: no tests; expected 'tests', 'inputs'+'outputs', 'input_output', "
                        f"'test_list' or 'test' (have {sorted(record)})")
-
-
-def _records(path: str):
-    """(line number, JSON object) for each non-blank line."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            lines = f.read().split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read ({e})") from None
-    for line_no, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}:{line_no}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise DatasetError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-        yield line_no, record

@@ -228,6 +228,13 @@ class Checkpointer:
             state = jax.tree_util.tree_map_with_path(wrap, restored.state, target)
         return state, dict(restored.meta or {})
 
+    def leaf_paths(self, step: int | None = None) -> list[str]:
+        """Paths ('params/embed/embedding', …) of the arrays saved at `step` (default: latest), unread."""
+        step = self.latest_step() if step is None else step
+        stored = self._manager.item_metadata(step)["state"]
+        stored = getattr(stored, "tree", stored)
+        return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(stored)[0]]
+
     def read_meta(self, step: int | None = None) -> dict:
         """The JSON meta of `step` (default: latest) without reading any array."""
         self._manager.wait_until_finished()

@@ -171,6 +171,4 @@ class Runner:
     @staticmethod
     def _saved_params(ctx: RunContext) -> bool:
         """Whether the latest checkpoint holds model params (phases before the model have none)."""
-        raw = ctx.ckpt._manager.item_metadata(ctx.ckpt.latest_step())["state"]
-        raw = getattr(raw, "tree", raw)
-        return bool(jax.tree.leaves(raw.get("params", {}) if isinstance(raw, dict) else {}))
+        return any(p.startswith("params/") for p in ctx.ckpt.leaf_paths())

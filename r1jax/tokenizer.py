@@ -145,24 +145,8 @@ class Tokenizer:
         unless `truncate`, which keeps its first `max_len` ids.
         """
         rows = [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
-        longest = max((len(r) for r in rows), default=0)
-        if max_len is None:
-            width = max(1, -(-longest // pad_to_multiple) * pad_to_multiple)
-        else:
-            width = max_len
-            for i, r in enumerate(rows):
-                if len(r) > max_len and not truncate:
-                    raise TokenizerError(f"row {i} has {len(r)} tokens > max_len={max_len}")
-        ids_BxL = np.full((len(rows), width), self.pad_id, dtype=np.int32)
-        lengths_B = np.zeros((len(rows),), dtype=np.int32)
-        for i, r in enumerate(rows):
-            r = r[:width]
-            lengths_B[i] = len(r)
-            if left_pad:
-                ids_BxL[i, width - len(r):] = r
-            else:
-                ids_BxL[i, :len(r)] = r
-        return ids_BxL, lengths_B
+        return pad_rows(rows, self.pad_id, max_len=max_len, pad_to_multiple=pad_to_multiple, left_pad=left_pad,
+                        truncate=truncate)
 
     def decode_batch(self, ids_BxL: np.ndarray, lengths_B: np.ndarray | None = None,
                      left_pad: bool = False) -> list[str]:
@@ -175,3 +159,26 @@ class Tokenizer:
                 row = row[len(row) - n:] if left_pad else row[:n]
             out.append(self.decode(row.tolist()))
         return out
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, *, max_len: int | None = None, pad_to_multiple: int = 1,
+             left_pad: bool = False, truncate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows as `(ids_BxL int32, lengths_B int32)`, padded to max_len or the longest row (bucketed)."""
+    longest = max((len(r) for r in rows), default=0)
+    if max_len is None:
+        width = max(1, -(-longest // pad_to_multiple) * pad_to_multiple)
+    else:
+        width = max_len
+        for i, r in enumerate(rows):
+            if len(r) > max_len and not truncate:
+                raise TokenizerError(f"row {i} has {len(r)} tokens > max_len={max_len}")
+    ids_BxL = np.full((len(rows), width), pad_id, dtype=np.int32)
+    lengths_B = np.zeros((len(rows),), dtype=np.int32)
+    for i, r in enumerate(rows):
+        r = list(r)[:width]
+        lengths_B[i] = len(r)
+        if left_pad:
+            ids_BxL[i, width - len(r):] = r
+        else:
+            ids_BxL[i, :len(r)] = r
+    return ids_BxL, lengths_B

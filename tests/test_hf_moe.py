@@ -12,20 +12,13 @@ from safetensors.numpy import load_file, save_file
 
 from r1jax import hf
 from r1jax.config import MLAConfig, MoEConfig, RopeScaling
-from r1jax.model import Transformer, init_params, positions_from_mask
+from r1jax.model import init_params, positions_from_mask
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 NAMES = ["qwen3_moe", "deepseek_v3"]
 
 
-@functools.cache
-def loaded(name):
-    return hf.load_hf(FIXTURES / name)
-
-
-@functools.cache
-def forward_fn(cfg):
-    return jax.jit(lambda p, ids, positions, mask: Transformer(cfg).apply({"params": p}, ids, positions, mask)[0])
+from test_hf import forward_fn, loaded  # noqa: E402  shared cached loaders
 
 
 @pytest.mark.parametrize("name", NAMES)

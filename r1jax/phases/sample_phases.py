@@ -16,6 +16,14 @@ from r1jax.rewards import RewardPool, language_share
 from r1jax.rewards.format import is_well_formed
 
 
+def sample_and_score(phase: Any, ctx: RunContext, problems: Sequence[Problem]):
+    """k samples per problem from the current params with `phase`'s settings, scored in a reward pool."""
+    with RewardPool(2, 10.0) as pool:
+        return evaluate(ctx.params, ctx.model_cfg, ctx.tokenizer, problems, max_new_tokens=phase.max_new_tokens,
+                        template=phase.template, rng=ctx.rng(), k=phase.k, temperature=phase.temperature,
+                        top_p=phase.top_p, pool=pool)
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalPhase:
     """pass@1 over k samples, cons@k and pass@k on `problems(ctx)` (paper protocol: T 0.6, top-p 0.95)."""
@@ -32,10 +40,7 @@ class EvalPhase:
         return {}
 
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
-        with RewardPool(2, 10.0) as pool:
-            result = evaluate(ctx.params, ctx.model_cfg, ctx.tokenizer, self.problems(ctx),
-                              max_new_tokens=self.max_new_tokens, template=self.template, rng=ctx.rng(),
-                              k=self.k, temperature=self.temperature, top_p=self.top_p, pool=pool)
+        result = sample_and_score(self, ctx, self.problems(ctx))
         result.write_jsonl(os.path.join(ctx.workdir, f"{self.name}.jsonl"))
         summary = result.summary()
         ctx.results[self.name] = summary
@@ -85,10 +90,7 @@ class RejectionSamplingPhase:
 
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
         problems = list(self.problems(ctx))
-        with RewardPool(2, 10.0) as pool:
-            result = evaluate(ctx.params, ctx.model_cfg, ctx.tokenizer, problems, max_new_tokens=self.max_new_tokens,
-                              template=self.template, rng=ctx.rng(), k=self.k, temperature=self.temperature,
-                              top_p=self.top_p, pool=pool)
+        result = sample_and_score(self, ctx, problems)
         rows, reasons = [], {}
         for problem, rec in zip(problems, result.records):
             kept = 0

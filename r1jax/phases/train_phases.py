@@ -7,6 +7,7 @@ a dataset by passing a different function.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -109,11 +110,12 @@ def problem_stream(problems: Sequence[Problem], seed: int, start: int) -> Callab
     """`take(n)`: the next n problems of an endless reshuffled stream, from position `start`."""
     pos = [start]
 
+    @functools.lru_cache(maxsize=2)
+    def order(epoch: int) -> np.ndarray:
+        return np.random.default_rng([seed, epoch]).permutation(len(problems))
+
     def take(n: int) -> list[Problem]:
-        out = []
-        for i in range(pos[0], pos[0] + n):
-            epoch, j = divmod(i, len(problems))
-            out.append(problems[np.random.default_rng([seed, epoch]).permutation(len(problems))[j]])
+        out = [problems[order(i // len(problems))[i % len(problems)]] for i in range(pos[0], pos[0] + n)]
         pos[0] += n
         return out
 

@@ -30,17 +30,22 @@ def test_unknown_field_and_bad_values_are_clear_errors():
 def test_experiment_config_overrides():
     import importlib.util
     import pathlib
-    import sys
 
-    path = pathlib.Path(__file__).parent.parent / "experiments" / "r1_zero.py"
-    spec = importlib.util.spec_from_file_location("r1_zero", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["r1_zero"] = mod  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
-    cfg = apply_overrides(mod.R1ZeroConfig(), ["rl_steps=5", "grpo.group_size=4", "model.num_layers=2",
-                                               "task.ops=+,-,*", "rl_optimizer.learning_rate=1e-5"])
+    from r1jax.recipes import r1_zero
+
+    cfg = apply_overrides(r1_zero.R1ZeroConfig(), ["rl_steps=5", "grpo.group_size=4", "model.num_layers=2",
+                                                   "task.ops=+,-,*", "rl_optimizer.learning_rate=1e-5"])
     assert cfg.rl_steps == 5 and cfg.grpo.group_size == 4 and cfg.model.num_layers == 2
     assert cfg.task.ops == ("+", "-", "*") and cfg.rl_optimizer.learning_rate == 1e-5
     assert isinstance(cfg.model, ModelConfig) and isinstance(cfg.rl_optimizer, OptimizerConfig)
+    path = pathlib.Path(__file__).parent.parent / "experiments" / "r1_zero.py"
+    spec = importlib.util.spec_from_file_location("r1_zero_cli", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
     with pytest.raises(SystemExit):
         mod.main(["--preset", "nonexistent"])
+    # a real preset without its local files is a clear error, before any work
+    with pytest.raises(ValueError, match="init_from=<local Hugging Face folder>"):
+        mod.main(["--preset", "qwen2.5-1.5b"])
+    with pytest.raises(FileNotFoundError, match="init_from='/no/such/folder' does not exist"):
+        mod.main(["--preset", "qwen2.5-7b", "--set", "init_from=/no/such/folder"])

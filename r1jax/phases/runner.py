@@ -150,6 +150,10 @@ class Runner:
         ctx.global_step, ctx.results = meta["global_step"], meta["results"]
         if os.path.exists(ctx.tokenizer_path):
             ctx.set_tokenizer(Tokenizer.load(ctx.tokenizer_path))
+        elif os.path.exists(os.path.join(ctx.workdir, "tokenizer.json")):  # copied by InitFromPhase
+            from r1jax.hf_tokenizer import HFTokenizer
+
+            ctx.tokenizer = HFTokenizer.load(ctx.workdir)
         if meta["vocab_size"] != ctx.model_cfg.vocab_size:
             raise ValueError(f"checkpoint in {self.workdir} has vocab_size {meta['vocab_size']}, "
                              f"the run's model has {ctx.model_cfg.vocab_size}")

@@ -1,0 +1,113 @@
+"""Start a run from existing weights: another r1jax run's workdir, or a local Hugging Face folder.
+
+    cfg = source_model_config("runs/r1_zero_tiny")          # the Runner's model config must match the source
+    Runner(workdir, cfg, [InitFromPhase("runs/r1_zero_tiny"), EvalPhase(...), ...])
+
+An r1jax workdir gives the params of its latest checkpoint and its SentencePiece
+tokenizer; a Hugging Face folder (config.json + safetensors + tokenizer.json)
+gives its weights through r1jax.hf and its tokenizer through the `tokenizers`
+package. The tokenizer files are copied into the run's workdir, so a resumed run
+reloads the same tokenizer without the source.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from r1jax.checkpoint import Checkpointer
+from r1jax.config import ModelConfig
+from r1jax.phases.runner import RunContext
+
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def is_hf_folder(path: str) -> bool:
+    """Whether `path` looks like a Hugging Face model folder (has config.json)."""
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def _checkpoints(workdir: str) -> Checkpointer:
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{workdir} is neither an r1jax run (no checkpoints/ inside) "
+                                "nor a Hugging Face folder (no config.json inside)")
+    return Checkpointer(directory)
+
+
+def source_model_config(source: str) -> ModelConfig:
+    """The ModelConfig of an r1jax workdir's latest checkpoint or of a Hugging Face folder's config.json."""
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"init source {source!r} does not exist")
+    if is_hf_folder(source):
+        from r1jax.hf_config import config_from_hf
+
+        path = os.path.join(source, "config.json")
+        try:
+            with open(path) as f:
+                return config_from_hf(json.load(f))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    with _checkpoints(source) as ckpt:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"{source}/checkpoints holds no committed checkpoint")
+        meta = ckpt.read_meta()
+    if "model" not in meta:
+        raise ValueError(f"{source}: its checkpoint records no model config (written by an older r1jax?)")
+    return ModelConfig.from_dict(meta["model"])
+
+
+def load_source(source: str) -> tuple[ModelConfig, Any, Any]:
+    """(model config, params, tokenizer) of an r1jax workdir or a Hugging Face folder."""
+    cfg = source_model_config(source)
+    if is_hf_folder(source):
+        from r1jax.hf import load_hf
+        from r1jax.hf_tokenizer import HFTokenizer
+
+        _, params = load_hf(source)
+        return cfg, params, HFTokenizer.load(source)
+    from r1jax.tokenizer import Tokenizer
+
+    with _checkpoints(source) as ckpt:
+        if not any(p.startswith("params/") for p in ckpt.leaf_paths()):
+            raise ValueError(f"{source}: its latest checkpoint holds no params (the run stopped before training)")
+        saved, _ = ckpt.restore()
+    params = jax.tree.map(jnp.asarray, saved["params"])
+    return cfg, params, Tokenizer.load(os.path.join(source, "tokenizer.model"))
+
+
+def _config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{k}: {da.get(k)!r} vs {db.get(k)!r}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
+
+
+@dataclasses.dataclass(frozen=True)
+class InitFromPhase:
+    """Set the run's params and tokenizer from `source` (an r1jax workdir or a Hugging Face folder)."""
+
+    source: str
+    name: str = "init"
+
+    def state_template(self, ctx: RunContext) -> Any:
+        return {}
+
+    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+        cfg, params, tok = load_source(self.source)
+        diff = _config_differences(cfg, ctx.model_cfg)
+        if diff:
+            raise ValueError(f"phase {self.name!r}: the run's model config differs from {self.source}'s "
+                             f"(build the Runner with source_model_config): {'; '.join(diff)}")
+        if is_hf_folder(self.source):
+            for name in HF_TOKENIZER_FILES:
+                if os.path.exists(os.path.join(self.source, name)):
+                    shutil.copyfile(os.path.join(self.source, name), os.path.join(ctx.workdir, name))
+        else:
+            shutil.copyfile(os.path.join(self.source, "tokenizer.model"), ctx.tokenizer_path)
+        ctx.tokenizer, ctx.params = tok, params
+        ctx.results[self.name] = {"source": os.path.abspath(self.source),
+                                  "params": int(sum(x.size for x in jax.tree.leaves(params)))}

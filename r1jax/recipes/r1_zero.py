@@ -1,0 +1,173 @@
+"""R1-Zero: GRPO straight from a base model with rule-based rewards only (DeepSeek-R1 §2.2).
+
+The tiny preset needs no download: it trains a tokenizer and a ~1M-parameter
+base model on a synthetic corpus of 2,000 two-step arithmetic problems (+ and −
+on 1..9) with worked solutions: 30% written in the R1 <think>/<answer> format,
+70% as plain prose ending "The answer is N.", 20% with an arithmetic slip and
+10% with a "wait, let me recheck" correction. The base sees the R1-Zero prompt
+in context; its loss is on the solutions. Then GRPO with accuracy + format
+rewards, equal weights, on the R1-Zero template.
+
+The real presets start from a local Hugging Face folder (`init_from`, e.g. a
+Qwen2.5-1.5B download) and train on local GSM8K / MATH JSONL files
+(`train_jsonl`, `test_jsonl`) with the paper's GRPO settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from typing import Any
+
+from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+from r1jax.data import R1_ZERO, ArithmeticConfig, generate_arithmetic, load_jsonl, worked_solution
+
+
+@dataclasses.dataclass(frozen=True)
+class R1ZeroConfig:
+    """Everything an R1-Zero run uses; each field can be set with --set."""
+
+    seed: int = 0
+    init_from: str = ""  # a Hugging Face folder or r1jax workdir; empty: tokenizer + tiny base trained here
+    train_jsonl: str = ""  # GSM8K / MATH layout; empty: generated arithmetic
+    test_jsonl: str = ""
+    task: ArithmeticConfig = ArithmeticConfig(num_ops=2, max_value=9, ops=("+", "-"), allow_negative=False)
+    train_problems: int = 2000
+    test_problems: int = 64
+    base_error_rate: float = 0.2
+    base_recheck_rate: float = 0.1
+    base_r1_format_share: float = 0.3
+    vocab_size: int = 512
+    model: ModelConfig = ModelConfig(vocab_size=512, embed_dim=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                                     head_dim=32, mlp_dim=512, max_len=512)
+    pretrain_steps: int = 500
+    pretrain_batch: int = 32
+    seq_len: int = 224
+    pretrain_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, warmup_steps=30, decay_steps=470,
+                                                          weight_decay=0.01)
+    rl_steps: int = 40
+    grpo: GRPOConfig = GRPOConfig(group_size=8, prompts_per_step=16, max_new_tokens=96, num_minibatches=2,
+                                  kl_beta=0.0, logprob_chunk=96)
+    rl_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-5)
+    eval_every: int = 20
+    eval_k: int = 4
+    checkpoint_every: int = 20
+
+
+def _real(max_new_tokens: int) -> R1ZeroConfig:
+    """The paper's GRPO settings (PAPER.md: lr 3e-6, KL 0.001, G 16) for a model loaded from `init_from`."""
+    return R1ZeroConfig(
+        pretrain_steps=0, rl_steps=1000, eval_every=100, eval_k=16, checkpoint_every=50,
+        grpo=GRPOConfig(group_size=16, prompts_per_step=32, max_new_tokens=max_new_tokens, num_minibatches=16,
+                        kl_beta=0.001, logprob_chunk=512),
+        rl_optimizer=OptimizerConfig(learning_rate=3e-6, warmup_steps=10, weight_decay=0.1))
+
+
+PRESETS: dict[str, R1ZeroConfig] = {
+    "tiny": R1ZeroConfig(),
+    "qwen2.5-1.5b": _real(4096),
+    "qwen2.5-7b": _real(8192),
+}
+
+
+def check_config(cfg: R1ZeroConfig, preset: str = "") -> None:
+    """Clear errors for settings that cannot run (a real preset without its local files)."""
+    where = f"preset {preset!r}: " if preset else ""
+    if cfg.pretrain_steps == 0 and not cfg.init_from:
+        raise ValueError(f"{where}set init_from=<local Hugging Face folder> (e.g. a Qwen2.5 download); "
+                         "r1jax never downloads weights")
+    if cfg.init_from and not os.path.exists(cfg.init_from):
+        raise FileNotFoundError(f"init_from={cfg.init_from!r} does not exist")
+    for field in ("train_jsonl", "test_jsonl"):
+        path = getattr(cfg, field)
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{field}={path!r} is not a file")
+    if cfg.init_from and not (cfg.train_jsonl and cfg.test_jsonl):
+        raise ValueError(f"{where}a model loaded from init_from needs train_jsonl and test_jsonl "
+                         "(GSM8K or MATH layout JSONL files)")
+
+
+def problems(cfg: R1ZeroConfig) -> tuple[list, list]:
+    """(train, test) problems: the JSONL files if given, else generated arithmetic."""
+    if cfg.train_jsonl:
+        return list(load_jsonl(cfg.train_jsonl)), list(load_jsonl(cfg.test_jsonl))
+    return (list(generate_arithmetic(cfg.task, "train", cfg.train_problems, seed=cfg.seed)),
+            list(generate_arithmetic(cfg.task, "test", cfg.test_problems, seed=cfg.seed)))
+
+
+def base_corpus(cfg: R1ZeroConfig, problems) -> list[tuple[str, str]]:
+    """(prompt, worked solution) pairs; a share of solutions in the R1 format, the rest as plain prose."""
+    rng = random.Random(cfg.seed)
+    texts = []
+    for p in problems:
+        sol = worked_solution(p, rng, error_rate=cfg.base_error_rate, self_correct_rate=cfg.base_recheck_rate)
+        if rng.random() < cfg.base_r1_format_share:
+            completion = " " + sol.render()
+        else:
+            completion = f" {sol.reasoning.strip()}\nThe answer is {sol.answer}."
+        texts.append((R1_ZERO.render(p.question), completion))
+    return texts
+
+
+def base_phases(cfg: R1ZeroConfig, train) -> tuple[ModelConfig, list]:
+    """(model config, phases) that produce the starting policy: loaded from init_from, or tokenizer + tiny base."""
+    from r1jax.phases import InitFromPhase, SFTPhase, TokenizerPhase, source_model_config
+
+    if cfg.init_from:
+        return source_model_config(cfg.init_from), [InitFromPhase(cfg.init_from)]
+    corpus = base_corpus(cfg, train)
+    return cfg.model, [
+        TokenizerPhase(texts=lambda ctx: [p + c for p, c in corpus], vocab_size=cfg.vocab_size),
+        # the base sees the template in context, but its loss is on the solutions (the template is fixed text)
+        SFTPhase("pretrain", lambda ctx: corpus, steps=cfg.pretrain_steps,
+                 batch_size=cfg.pretrain_batch, seq_len=cfg.seq_len, optimizer=cfg.pretrain_optimizer),
+    ]
+
+
+def default_rewards() -> dict[str, Any]:
+    """Accuracy + format, equal weights (R1-Zero's rule-based rewards)."""
+    from r1jax.rewards import WeightedReward, accuracy_reward, format_reward
+
+    return {"accuracy": WeightedReward(accuracy_reward, 1.0), "format": WeightedReward(format_reward, 1.0)}
+
+
+def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None, **runner_kwargs):
+    """The R1-Zero Runner: base → base_eval → rl → final_eval; `rewards` swaps the reward functions."""
+    from r1jax.phases import EvalPhase, RLPhase, Runner
+
+    train, test = problems(cfg)
+    model_cfg, phases = base_phases(cfg, train)
+    evaluation = dict(template=R1_ZERO, max_new_tokens=cfg.grpo.max_new_tokens, k=cfg.eval_k)
+    phases += [
+        EvalPhase("base_eval", lambda ctx: test, **evaluation),
+        RLPhase("rl", lambda ctx: train, rewards or default_rewards(), R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,
+                optimizer=cfg.rl_optimizer, eval_problems=lambda ctx: test, eval_every=cfg.eval_every,
+                eval_k=cfg.eval_k),
+        EvalPhase("final_eval", lambda ctx: test, **evaluation),
+    ]
+    return Runner(workdir, model_cfg, phases, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, **runner_kwargs)
+
+
+def before_after_table(before: dict, after: dict, columns: tuple[str, str] = ("base", "after GRPO")) -> str:
+    """Markdown table of pass@1, cons@k, format and completion length, before and after."""
+    cons = next((n for n in after if n.startswith("cons@") and "/" not in n), "")
+    rows = [("pass@1", "pass@1"), ("cons@k", cons), ("format", "format"), ("completion length", "length_mean")]
+    lines = [f"| held-out metric | {columns[0]} | {columns[1]} |", "|---|---|---|"]
+    for label, key in rows:
+        if key in before and key in after:
+            lines.append(f"| {label} | {before[key]:.3f} | {after[key]:.3f} |")
+    return "\n".join(lines)
+
+
+def report(ctx, workdir: str) -> str:
+    """Before/after table (markdown, also in summary.md) and PNG plots of the run's curves."""
+    from r1jax.metrics import plot_metrics
+
+    table = before_after_table(ctx.results.get("base_eval", {}), ctx.results.get("final_eval", {}))
+    plot = os.path.join(workdir, "curves.png")
+    plot_metrics(os.path.join(workdir, "metrics.jsonl"),
+                 ["rl/reward/mean", "rl/reward/accuracy", "rl/reward/format", "rl/eval/pass@1", "rl/eval/format",
+                  "rl/completion/length_mean"], plot)
+    with open(os.path.join(workdir, "summary.md"), "w") as f:
+        f.write(table + f"\n\n![curves]({os.path.basename(plot)})\n")
+    return table + f"\n\nplots: {plot}"

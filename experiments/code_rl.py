@@ -15,7 +15,7 @@ import dataclasses
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch
 from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
 from r1jax.data import R1_ZERO
 
@@ -46,7 +46,7 @@ def solution_text(solution: str) -> str:
     return f" <think> Write the program. </think> <answer>\n```python\n{solution}\n```\n</answer>"
 
 
-def build(cfg: CodeRLConfig, workdir: str):
+def build(cfg: CodeRLConfig, workdir: str, mesh: str | None = None):
     from r1jax.phases import RLPhase, Runner, SFTPhase, TokenizerPhase
     from r1jax.rewards import WeightedReward, format_reward
     from r1jax.rewards.code import code_reward, load_code_tasks
@@ -63,16 +63,16 @@ def build(cfg: CodeRLConfig, workdir: str):
         RLPhase("rl", lambda ctx: tasks, rewards, R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,
                 optimizer=cfg.rl_optimizer, reward_timeout_s=cfg.reward_timeout_s),
     ]
-    return Runner(workdir, cfg.model, phases, seed=cfg.seed, checkpoint_every=max(1, cfg.rl_steps))
+    return Runner(workdir, cfg.model, phases, seed=cfg.seed, checkpoint_every=max(1, cfg.rl_steps), mesh=mesh)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(parser, ["tiny"])
-    args = parser.parse_args(argv)
+    args = parse_and_launch(parser, argv)
     cfg = apply_overrides(CodeRLConfig(), args.overrides)
     workdir = args.workdir or os.path.join("runs", "code_rl")
-    ctx = build(cfg, workdir).run()
+    ctx = build(cfg, workdir, mesh=args.mesh).run()
     from r1jax.metrics import read_metrics
 
     rl = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "rl/reward/code" in r]

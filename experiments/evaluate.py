@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +36,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(parser, ["default"])
     parser.add_argument("--data", default=None, help="GSM8K/MATH-layout JSONL file to evaluate on")
-    args = parser.parse_args(argv)
+    args = parse_and_launch(parser, argv)
     if args.workdir is None:
         parser.error("--workdir is required (a directory written by an experiment)")
     cfg = apply_overrides(EvalConfig(), args.overrides)
 
     import jax
 
-    from r1jax import data
+    from r1jax import data, sharding
     from r1jax.checkpoint import Checkpointer
     from r1jax.config import ModelConfig
     from r1jax.evaluate import evaluate
@@ -67,8 +67,10 @@ def main(argv=None) -> int:
         problems = data.generate_countdown(data.CountdownConfig(), "test", cfg.problems, cfg.seed)
     else:
         raise SystemExit(f"task={cfg.task!r}: choose arithmetic or countdown, or pass --data")
-    with RewardPool(2, 10.0) as pool:
-        result = evaluate(saved["params"], model_cfg, tok, problems, max_new_tokens=cfg.max_new_tokens,
+    mesh = sharding.make_mesh(args.mesh) if args.mesh else sharding.single_device_mesh()
+    with RewardPool(2, 10.0) as pool, sharding.use_mesh(mesh):
+        params = sharding.place(saved["params"], mesh, model_cfg)
+        result = evaluate(params, model_cfg, tok, problems, max_new_tokens=cfg.max_new_tokens,
                           template=data.R1_ZERO, rng=jax.random.key(cfg.seed), k=cfg.k,
                           temperature=cfg.temperature, top_p=cfg.top_p, pool=pool)
     result.write_jsonl(os.path.join(args.workdir, "evaluate.jsonl"))

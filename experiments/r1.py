@@ -12,17 +12,17 @@ import argparse
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch
 from r1jax.recipes import r1
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(parser, list(r1.PRESETS))
-    args = parser.parse_args(argv)
+    args = parse_and_launch(parser, argv)
     cfg = apply_overrides(r1.PRESETS[args.preset], args.overrides)
     workdir = args.workdir or os.path.join("runs", f"r1_{args.preset}")
-    ctx = r1.build(cfg, workdir).run()
+    ctx = r1.build(cfg, workdir, mesh=args.mesh).run()
     table = r1.report(ctx)
     with open(os.path.join(workdir, "summary.md"), "w") as f:
         f.write(table + "\n")

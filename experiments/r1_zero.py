@@ -18,18 +18,18 @@ import argparse
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch
 from r1jax.recipes import r1_zero
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(parser, list(r1_zero.PRESETS))
-    args = parser.parse_args(argv)
+    args = parse_and_launch(parser, argv)
     cfg = apply_overrides(r1_zero.PRESETS[args.preset], args.overrides)
     r1_zero.check_config(cfg, args.preset)
     workdir = args.workdir or os.path.join("runs", f"r1_zero_{args.preset}")
-    ctx = r1_zero.build(cfg, workdir).run()
+    ctx = r1_zero.build(cfg, workdir, mesh=args.mesh).run()
     print(r1_zero.report(ctx, workdir))
     return 0
 

@@ -76,7 +76,19 @@ def _set(obj: Any, names: list[str], value: str, full: str) -> Any:
 def add_common_flags(parser: argparse.ArgumentParser, presets: list[str]) -> None:
     """--workdir, --mesh, --preset and repeated --set field=value."""
     parser.add_argument("--workdir", default=None, help="run directory (resumed if it has checkpoints)")
-    parser.add_argument("--mesh", default=None, help="device mesh such as 8x8 (accepted; single-device until sharding lands)")
+    parser.add_argument("--mesh", default=None, metavar="SPEC",
+                        help="device mesh (r1jax.sharding): 8x8 = data×fsdp, -1 fills from the device count, "
+                             "or named axes such as fsdp=8,expert=8; default: one device. On CPU, split it "
+                             "into N devices with JAX_NUM_CPU_DEVICES=N")
     parser.add_argument("--preset", default=presets[0], choices=presets)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. --set rl_steps=100 --set grpo.group_size=8")
+
+
+def parse_and_launch(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags, then start jax.distributed if the launch environment asks for it (before any other jax use)."""
+    args = parser.parse_args(argv)
+    from r1jax import distributed
+
+    distributed.initialize()
+    return args

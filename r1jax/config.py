@@ -65,6 +65,7 @@ class RopeScaling:
 
 ROUTERS = ("sigmoid", "softmax")
 MOE_DISPATCH = ("auto", "ragged_dot", "blocked")
+MOE_EXPERT_PARALLEL = ("ring", "all_to_all", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,11 @@ class MoEConfig:
     the Switch-style load-balancing loss (Qwen3-MoE). `dispatch`: 'ragged_dot'
     (jax.lax.ragged_dot, native on GPU/TPU), 'blocked' (block-padded batched
     matmuls, cost ∝ active experts on every backend) or 'auto' (ragged_dot on
-    GPU/TPU, blocked elsewhere).
+    GPU/TPU, blocked elsewhere). `expert_parallel`: how experts are split when a
+    mesh is set and the logical 'expert' axis maps to mesh axes of size > 1:
+    'ring' (all-gather tokens, local experts, psum_scatter; every backend),
+    'all_to_all' (jax.lax.ragged_all_to_all; GPU/TPU only) or 'none' (leave the
+    expert layer to the compiler's automatic partitioning).
     """
 
     num_experts: int
@@ -106,6 +111,7 @@ class MoEConfig:
     seq_aux_alpha: float = 0.0
     switch_aux_coef: float = 0.0
     dispatch: str = "auto"
+    expert_parallel: str = "ring"
 
     def __post_init__(self):
         c = functools.partial(_check, "MoEConfig")
@@ -118,6 +124,8 @@ class MoEConfig:
           "num_shared_experts and first_k_dense must be >= 0")
         c(self.router in ROUTERS, f"router={self.router!r} must be one of {ROUTERS}")
         c(self.dispatch in MOE_DISPATCH, f"dispatch={self.dispatch!r} must be one of {MOE_DISPATCH}")
+        c(self.expert_parallel in MOE_EXPERT_PARALLEL,
+          f"expert_parallel={self.expert_parallel!r} must be one of {MOE_EXPERT_PARALLEL}")
         c(self.num_experts % self.num_groups == 0,
           f"num_groups={self.num_groups} must divide num_experts={self.num_experts}")
         c(self.topk_groups <= self.num_groups, f"topk_groups={self.topk_groups} must be <= num_groups")

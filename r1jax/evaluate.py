@@ -29,9 +29,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # std bars: tqdm.auto needs ipywidgets in a notebook kernel
 
 from r1jax.config import ModelConfig
+from r1jax.sharding import to_host
 from r1jax.data import Problem, batch_columns, load_jsonl
 from r1jax.rewards.accuracy import as_fraction
 from r1jax.rewards import (RewardFn, RewardPool, WeightedReward, accuracy_reward, combine_rewards, countdown_reward,
@@ -225,7 +226,7 @@ def sample_completions(sampler: Sampler, params: Any, tokenizer: Tokenizer, prom
         padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
         out = sampler.sample(params, padded, jax.random.fold_in(rng, b), group_size=k,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-        tokens_BxT, lengths_B, truncated_B = jax.device_get((out.tokens_BxT, out.lengths_B, out.truncated_B))
+        tokens_BxT, lengths_B, truncated_B = to_host((out.tokens_BxT, out.lengths_B, out.truncated_B))
         rows = len(chunk) * k
         texts += [tokenizer.decode(row[:n]) for row, n in zip(tokens_BxT[:rows], lengths_B[:rows])]
         lengths.append(lengths_B[:rows])

@@ -30,6 +30,53 @@ def top_p_mask(logits_BxV: jax.Array, top_p_B: jax.Array) -> jax.Array:
     return jnp.where(logits_BxV < threshold_Bx1, NEG_INF, logits_BxV)
 
 
+def first_argmax(x_BxV: jax.Array, max_Bx1: jax.Array | None = None) -> jax.Array:
+    """jnp.argmax over the last axis (first index of the maximum) as two plain reductions.
+
+    XLA:CPU lowers argmax to a variadic (value, index) reduce that does not vectorize: on a
+    [64, 32000] row block it took longer than a third of the LM head's matmul, every decode step.
+    """
+    if max_Bx1 is None:
+        max_Bx1 = jnp.max(x_BxV, axis=-1, keepdims=True)
+    iota_BxV = jax.lax.broadcasted_iota(jnp.int32, x_BxV.shape, x_BxV.ndim - 1)
+    first_B = jnp.min(jnp.where(x_BxV == max_Bx1, iota_BxV, x_BxV.shape[-1]), axis=-1)
+    return jnp.minimum(first_B, x_BxV.shape[-1] - 1)  # a NaN row matches nothing; stay in range
+
+
+def _last_positive(p_BxC: jax.Array) -> jax.Array:
+    """Index of the last entry > 0 in each row (0 if none)."""
+    c = p_BxC.shape[-1]
+    return c - 1 - first_argmax((p_BxC[:, ::-1] > 0).astype(jnp.int32))
+
+
+def sample_categorical(rng: jax.Array, logits_BxV: jax.Array, block: int = 128) -> jax.Array:
+    """One draw per row from softmax(logits), by inverse CDF on a single uniform per row.
+
+    Same distribution as jax.random.categorical, which draws V Gumbel numbers per row
+    (threefry: most of a T=1 decode step's sampling cost on CPU). The CDF is walked in
+    two levels, blocks of `block` tokens then tokens inside the chosen block, so no
+    length-V cumsum is needed. Tokens of probability 0 (masked to −1e30) are never drawn.
+    """
+    batch, vocab = logits_BxV.shape
+    n = -(-vocab // block)
+    max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
+    p_BxV = jnp.pad(jnp.exp(logits_BxV - max_Bx1), ((0, 0), (0, n * block - vocab)))  # unnormalized, max 1
+    p_BxNxC = p_BxV.reshape(batch, n, block)
+    mass_BxN = jnp.sum(p_BxNxC, axis=-1)
+    cum_BxN = jnp.cumsum(mass_BxN, axis=-1)
+    u_B = jax.random.uniform(rng, (batch,), jnp.float32) * cum_BxN[:, -1]
+    blk_B = jnp.minimum(jnp.sum(cum_BxN <= u_B[:, None], axis=-1), n - 1)
+    # rounding can put u at the very end of the CDF: fall back to the last block with mass
+    has_mass_B = jnp.take_along_axis(mass_BxN, blk_B[:, None], axis=-1)[:, 0] > 0
+    blk_B = jnp.where(has_mass_B, blk_B, _last_positive(mass_BxN))
+    before_B = jnp.take_along_axis(cum_BxN - mass_BxN, blk_B[:, None], axis=-1)[:, 0]
+    p_BxC = jnp.take_along_axis(p_BxNxC, blk_B[:, None, None], axis=1)[:, 0]
+    inside_B = jnp.minimum(jnp.sum(jnp.cumsum(p_BxC, axis=-1) <= (u_B - before_B)[:, None], axis=-1), block - 1)
+    inside_B = jnp.where(jnp.take_along_axis(p_BxC, inside_B[:, None], axis=-1)[:, 0] > 0, inside_B,
+                         _last_positive(p_BxC))
+    return blk_B * block + inside_B
+
+
 def choose_tokens(logits_BxV: jax.Array, rng: jax.Array, temperature_B: jax.Array,
                   top_p_B: jax.Array, top_k: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Sample one token per row; rows with temperature 0 take the argmax.
@@ -39,7 +86,8 @@ def choose_tokens(logits_BxV: jax.Array, rng: jax.Array, temperature_B: jax.Arra
     quantity the GRPO ratio needs.
     """
     logits_BxV = logits_BxV.astype(jnp.float32)
-    greedy_B = jnp.argmax(logits_BxV, axis=-1)
+    max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
+    greedy_B = first_argmax(logits_BxV, max_Bx1)
 
     def sample(_):
         safe_t_B = jnp.where(temperature_B > 0, temperature_B, 1.0)
@@ -47,11 +95,12 @@ def choose_tokens(logits_BxV: jax.Array, rng: jax.Array, temperature_B: jax.Arra
         # the nucleus sort over the vocabulary is skipped when no row asks for it
         scaled_BxV = jax.lax.cond(jnp.all(top_p_B >= 1.0), lambda x: x, lambda x: top_p_mask(x, top_p_B),
                                   scaled_BxV)
-        return jax.random.categorical(rng, scaled_BxV, axis=-1)
+        return sample_categorical(rng, scaled_BxV)
 
     # an all-greedy batch draws no random numbers at all
     sampled_B = jax.lax.cond(jnp.any(temperature_B > 0), sample, lambda _: greedy_B, None)
     tokens_B = jnp.where(temperature_B > 0, sampled_B, greedy_B).astype(jnp.int32)
-    logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
-    logp_B = jnp.take_along_axis(logp_BxV, tokens_B[:, None], axis=-1)[:, 0]
-    return tokens_B, logp_B
+    # log p(token) = logit − max − log Σ exp(logit − max), without the [B, V] log-softmax
+    lse_B = jnp.log(jnp.sum(jnp.exp(logits_BxV - max_Bx1), axis=-1))
+    picked_B = jnp.take_along_axis(logits_BxV, tokens_B[:, None], axis=-1)[:, 0]
+    return tokens_B, picked_B - max_Bx1[:, 0] - lse_B

@@ -134,8 +134,9 @@ def test_grad_accumulation_equals_one_big_batch(params):
     s2, st2 = _step_setup(params, grad_accum=2)
     st1, _ = s1(st1, b)
     st2, _ = s2(st2, b)
+    # gradients agree to ~1e-8; Adam's first step lr·g/(|g|+eps) magnifies that on entries with |g| ~ eps
     for a, c in zip(jax.tree.leaves(st1.params), jax.tree.leaves(st2.params)):
-        np.testing.assert_allclose(a, c, atol=1e-6)
+        np.testing.assert_allclose(a, c, atol=3e-6)
 
 
 def test_non_finite_loss_skips_the_update(params):

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.sampling_ops import choose_tokens, top_k_mask, top_p_mask
+from r1jax.sampling_ops import choose_tokens, first_argmax, sample_categorical, top_k_mask, top_p_mask
 
 PROBS = np.array([0.5, 0.25, 0.15, 0.07, 0.03])
 LOGITS = jnp.log(jnp.asarray(PROBS, jnp.float32))
@@ -76,3 +76,26 @@ def test_masks_keep_at_least_the_best_token():
     assert np.isfinite(np.asarray(top_p_mask(logits, jnp.array([0.0])))[0, 0])
     kept = np.asarray(top_k_mask(logits, 1)) > -1e29
     assert kept.tolist() == [[True, False, False]]
+
+
+def test_inverse_cdf_sampler_matches_probs_across_blocks_and_skips_masked_tokens():
+    # 300 tokens = 3 blocks of 128 (the last padded); every other token masked to -1e30
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=300).astype(np.float32) * 2
+    logits[1::2] = -1e30
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    n = 40000
+    tokens = np.asarray(jax.jit(sample_categorical)(jax.random.key(3), jnp.broadcast_to(logits, (n, 300))))
+    assert (tokens % 2 == 0).all() and tokens.max() < 300
+    counts = np.bincount(tokens, minlength=300)
+    big = probs > 0.01  # chi-square on the well-populated tokens, the rest pooled
+    exp = np.append(probs[big], probs[~big].sum()) * n
+    got = np.append(counts[big], counts[~big].sum())
+    chi2 = ((got - exp) ** 2 / exp).sum()
+    assert chi2 < 3 * (big.sum() + 10), (chi2, big.sum())
+
+
+def test_first_argmax_takes_the_first_maximum():
+    x = jnp.array([[1.0, 3.0, 3.0, 0.0], [-1.0, -2.0, -1.0, -5.0]])
+    assert first_argmax(x).tolist() == [1, 0]

@@ -2,7 +2,13 @@
 
 Shape legend: B batch, L new tokens, S key slots (L without a cache, the cache
 length with one), E embed_dim, H query heads, K kv heads, G = H/K query heads
-per kv head, D head_dim.
+per kv head, D head_dim, Q = G·L query rows per kv head.
+
+Layout: the cache is kv-head-major (B, K, S, D) and queries are grouped as
+(B, K, G·L, D), so both attention matmuls are plain batched matmuls over (B, K)
+with one contracting axis, in the forward and the backward pass: no transposed
+copy of the cache per decode step, and no transposed copy of the [.., L, S]
+scores in training (XLA:CPU copies an operand whose contracting axes are split).
 
 An attention class owns its cache: `init_cache(cfg, batch, max_len, dtype)`
 returns the per-layer pytree that `__call__` reads and returns, so a latent
@@ -10,6 +16,8 @@ attention (MLA) can store a different one. Validity of slots and the write
 index are shared by all layers and live in `transformer.Cache`.
 """
 from __future__ import annotations
+
+import functools
 
 import flax
 import flax.linen as nn
@@ -25,10 +33,10 @@ _MASKED = -1e30  # finite, so a query with no visible key gets a uniform (ignore
 
 @flax.struct.dataclass
 class KVCache:
-    """One layer's RoPE'd keys and values by slot."""
+    """One layer's RoPE'd keys and values by kv head and slot."""
 
-    k_BxSxKxD: jax.Array
-    v_BxSxKxD: jax.Array
+    k_BxKxSxD: jax.Array
+    v_BxKxSxD: jax.Array
 
 
 def attention_mask(valid_BxS: jax.Array, index: jax.Array, length: int,
@@ -42,6 +50,72 @@ def attention_mask(valid_BxS: jax.Array, index: jax.Array, length: int,
     return allowed_BxLxS
 
 
+def grouped_attention(q_BxLxHxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax.Array, allowed_BxLxS: jax.Array,
+                      scale: float) -> jax.Array:
+    """softmax(q·kᵀ·scale, allowed keys only)·v per query head; scores and softmax in f32; out B×L×H×D."""
+    batch, length, heads, dim = q_BxLxHxD.shape
+    kv_heads = k_BxKxSxD.shape[1]
+    groups = heads // kv_heads
+    q_BxKxQxD = (q_BxLxHxD.reshape(batch, length, kv_heads, groups, dim).transpose(0, 2, 3, 1, 4)
+                 .reshape(batch, kv_heads, groups * length, dim))
+    out_BxKxQxD = _attend(q_BxKxQxD, k_BxKxSxD, v_BxKxSxD, allowed_BxLxS, scale)
+    return (out_BxKxQxD.reshape(batch, kv_heads, groups, length, dim).transpose(0, 3, 1, 2, 4)
+            .reshape(batch, length, heads, dim))
+
+
+def _allowed_5d(allowed_BxLxS: jax.Array) -> jax.Array:
+    return allowed_BxLxS[:, None, None]  # [B, 1, 1, L, S]: the same keys for every kv head and group
+
+
+def _probs(q_BxKxQxD, k_BxKxSxD, allowed_BxLxS, scale) -> jax.Array:
+    """probs_BxKxQxS in f32: softmax over the allowed slots of the scaled scores."""
+    batch, kv_heads, rows, _ = q_BxKxQxD.shape
+    length, slots = allowed_BxLxS.shape[1:]
+    logits_BxKxQxS = jnp.einsum("bkqd,bksd->bkqs", q_BxKxQxD, k_BxKxSxD, preferred_element_type=jnp.float32) * scale
+    logits_BxKxGxLxS = jnp.where(_allowed_5d(allowed_BxLxS),
+                                 logits_BxKxQxS.reshape(batch, kv_heads, rows // length, length, slots), _MASKED)
+    return jax.nn.softmax(logits_BxKxGxLxS, axis=-1).reshape(logits_BxKxQxS.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attend(q_BxKxQxD, k_BxKxSxD, v_BxKxSxD, allowed_BxLxS, scale):
+    """probs·v for Q = G·L query rows per kv head.
+
+    The backward pass is written out (as FlashAttention's, arXiv 2205.14135 §B.2):
+    dscores = p ⊙ (dp − δ) with δ = Σ_d dout·out, one fused pass over the [Q, S] scores
+    instead of autodiff's separate passes for the softmax, the mask and the scale.
+    """
+    probs_BxKxQxS = _probs(q_BxKxQxD, k_BxKxSxD, allowed_BxLxS, scale)
+    return jnp.einsum("bkqs,bksd->bkqd", probs_BxKxQxS.astype(q_BxKxQxD.dtype), v_BxKxSxD)
+
+
+def _attend_fwd(q_BxKxQxD, k_BxKxSxD, v_BxKxSxD, allowed_BxLxS, scale):
+    probs_BxKxQxS = _probs(q_BxKxQxD, k_BxKxSxD, allowed_BxLxS, scale)
+    out_BxKxQxD = jnp.einsum("bkqs,bksd->bkqd", probs_BxKxQxS.astype(q_BxKxQxD.dtype), v_BxKxSxD)
+    return out_BxKxQxD, (q_BxKxQxD, k_BxKxSxD, v_BxKxSxD, allowed_BxLxS, probs_BxKxQxS, out_BxKxQxD)
+
+
+def _attend_bwd(scale, res, dout_BxKxQxD):
+    q_BxKxQxD, k_BxKxSxD, v_BxKxSxD, allowed_BxLxS, probs_BxKxQxS, out_BxKxQxD = res
+    batch, kv_heads, rows, _ = q_BxKxQxD.shape
+    length, slots = allowed_BxLxS.shape[1:]
+    dtype = q_BxKxQxD.dtype
+    dprobs_BxKxQxS = jnp.einsum("bkqd,bksd->bkqs", dout_BxKxQxD, v_BxKxSxD, preferred_element_type=jnp.float32)
+    delta_BxKxQx1 = jnp.sum(dout_BxKxQxD.astype(jnp.float32) * out_BxKxQxD.astype(jnp.float32), -1, keepdims=True)
+    dlogits_BxKxQxS = probs_BxKxQxS * (dprobs_BxKxQxS - delta_BxKxQx1) * scale
+    # masked scores are constants: no gradient (this matters for a query that sees no key at all)
+    dlogits_BxKxGxLxS = jnp.where(_allowed_5d(allowed_BxLxS),
+                                  dlogits_BxKxQxS.reshape(batch, kv_heads, rows // length, length, slots), 0.0)
+    dlogits_BxKxQxS = dlogits_BxKxGxLxS.reshape(dlogits_BxKxQxS.shape).astype(dtype)
+    dq_BxKxQxD = jnp.einsum("bkqs,bksd->bkqd", dlogits_BxKxQxS, k_BxKxSxD)
+    dk_BxKxSxD = jnp.einsum("bkqs,bkqd->bksd", dlogits_BxKxQxS, q_BxKxQxD)
+    dv_BxKxSxD = jnp.einsum("bkqs,bkqd->bksd", probs_BxKxQxS.astype(dtype), dout_BxKxQxD)
+    return dq_BxKxQxD, dk_BxKxSxD, dv_BxKxSxD, None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped kv heads, optional q/k/v (and output) bias, optional q/k norm, RoPE."""
 
@@ -50,7 +124,7 @@ class Attention(nn.Module):
     @staticmethod
     def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: jnp.dtype) -> KVCache:
         """Zeroed keys and values for `max_len` slots."""
-        shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
         return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
     @nn.compact
@@ -58,8 +132,6 @@ class Attention(nn.Module):
                  cache: KVCache | None, index: jax.Array) -> tuple[jax.Array, KVCache | None]:
         """Attends the L new tokens (written at slots [index, index+L) of the cache, if any) to allowed slots."""
         cfg = self.cfg
-        batch, length, _ = x_BxLxE.shape
-        groups = cfg.num_heads // cfg.num_kv_heads
 
         def proj(heads: int, head_axis: str, name: str) -> Dense:
             return Dense(cfg, (heads, cfg.head_dim), ("embed", head_axis, "head_dim"), use_bias=cfg.qkv_bias,
@@ -79,24 +151,19 @@ class Attention(nn.Module):
                               "batch", "length", "kv_heads", "head_dim")
         v_BxLxKxD = constrain(v_BxLxKxD, "batch", "length", "kv_heads", "head_dim")
 
+        k_BxKxLxD, v_BxKxLxD = k_BxLxKxD.transpose(0, 2, 1, 3), v_BxLxKxD.transpose(0, 2, 1, 3)
         if cache is None:
-            k_BxSxKxD, v_BxSxKxD = k_BxLxKxD, v_BxLxKxD
+            k_BxKxSxD, v_BxKxSxD = k_BxKxLxD, v_BxKxLxD
         else:
-            start = (jnp.int32(0), index, jnp.int32(0), jnp.int32(0))
-            k_BxSxKxD = jax.lax.dynamic_update_slice(cache.k_BxSxKxD, k_BxLxKxD.astype(cache.k_BxSxKxD.dtype), start)
-            v_BxSxKxD = jax.lax.dynamic_update_slice(cache.v_BxSxKxD, v_BxLxKxD.astype(cache.v_BxSxKxD.dtype), start)
-            k_BxSxKxD = constrain(k_BxSxKxD, "batch", "cache_length", "kv_heads", "head_dim")
-            v_BxSxKxD = constrain(v_BxSxKxD, "batch", "cache_length", "kv_heads", "head_dim")
-            cache = KVCache(k_BxSxKxD, v_BxSxKxD)
+            start = (jnp.int32(0), jnp.int32(0), index, jnp.int32(0))
+            k_BxKxSxD = jax.lax.dynamic_update_slice(cache.k_BxKxSxD, k_BxKxLxD.astype(cache.k_BxKxSxD.dtype), start)
+            v_BxKxSxD = jax.lax.dynamic_update_slice(cache.v_BxKxSxD, v_BxKxLxD.astype(cache.v_BxKxSxD.dtype), start)
+            k_BxKxSxD = constrain(k_BxKxSxD, "batch", "kv_heads", "cache_length", "head_dim")
+            v_BxKxSxD = constrain(v_BxKxSxD, "batch", "kv_heads", "cache_length", "head_dim")
+            cache = KVCache(k_BxKxSxD, v_BxKxSxD)
 
-        q_BxLxKxGxD = q_BxLxHxD.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
-        # logits and softmax in f32 whatever the compute dtype
-        logits_BxKxGxLxS = jnp.einsum("blkgd,bskd->bkgls", q_BxLxKxGxD, k_BxSxKxD.astype(cfg.dtype),
-                                      preferred_element_type=jnp.float32) * cfg.head_dim ** -0.5
-        logits_BxKxGxLxS = jnp.where(allowed_BxLxS[:, None, None, :, :], logits_BxKxGxLxS, _MASKED)
-        probs_BxKxGxLxS = jax.nn.softmax(logits_BxKxGxLxS, axis=-1).astype(cfg.dtype)
-        out_BxLxKxGxD = jnp.einsum("bkgls,bskd->blkgd", probs_BxKxGxLxS, v_BxSxKxD.astype(cfg.dtype))
-        out_BxLxHxD = constrain(out_BxLxKxGxD.reshape(batch, length, cfg.num_heads, cfg.head_dim),
+        out_BxLxHxD = constrain(grouped_attention(q_BxLxHxD, k_BxKxSxD.astype(cfg.dtype), v_BxKxSxD.astype(cfg.dtype),
+                                                  allowed_BxLxS, cfg.head_dim ** -0.5),
                                 "batch", "length", "heads", "head_dim")
         out_BxLxE = Dense(cfg, (cfg.embed_dim,), ("heads", "head_dim", "embed"), num_in=2, use_bias=cfg.out_bias,
                           name="o")(out_BxLxHxD)

@@ -11,8 +11,9 @@ matmul back ends, same numbers:
   blocked     groups padded to blocks of `pairs // experts` rows, one batched
               matmul of blocks with their expert's weights gathered; compiled cost
               ≤ 2× the T·K ideal on every backend, whatever the number of experts.
-`expert_ffn` is a pure function of (tokens, routing, weights), so an expert-
-parallel shard_map can wrap it later.
+`expert_ffn` is a pure function of (tokens, routing, weights); under a mesh whose
+expert axis has more than one device, the layer splits the experts over it with
+jax.shard_map (moe_parallel.py, MoEConfig.expert_parallel).
 
 Shape legend: B batch, L length, T = B·L tokens, E embed_dim, X experts,
 K experts per token, P = T·K pairs, M expert_dim, N blocks, R rows per block.
@@ -20,13 +21,15 @@ K experts per token, P = T·K pairs, M expert_dim, N blocks, R rows per block.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from r1jax.config import ModelConfig, MoEConfig
-from r1jax.model import router
+from r1jax.model import moe_parallel, router
 from r1jax.model.layers import Mlp, constrain
 
 
@@ -60,7 +63,8 @@ def blocked_ffn(x_PxE: jax.Array, group_sizes_X: jax.Array, wi_gate_XxExM: jax.A
     """ragged_ffn's result by block-padded batched matmuls (MegaBlocks-style, arXiv 2211.15841), static shapes.
 
     Each group is padded to a multiple of R = max(1, P // X) rows, so the blocks hold at
-    most P + X·(R−1) < 2P rows: FLOPs ≤ 2× those of the real rows, for any X.
+    most P + X·(R−1) < 2P rows: FLOPs ≤ 2× those of the real rows, for any X. Rows after
+    the last group (Σ group sizes < P) give 0, as with ragged_dot.
     """
     pairs, embed = x_PxE.shape
     num_experts = group_sizes_X.shape[0]
@@ -69,8 +73,12 @@ def blocked_ffn(x_PxE: jax.Array, group_sizes_X: jax.Array, wi_gate_XxExM: jax.A
     blocks_X = (group_sizes_X + rows - 1) // rows
     first_block_X = jnp.cumsum(blocks_X) - blocks_X
     first_row_X = jnp.cumsum(group_sizes_X) - group_sizes_X
+    row_P = jnp.arange(pairs)
+    grouped_P = row_P < jnp.sum(group_sizes_X)
     expert_P = jnp.repeat(jnp.arange(num_experts), group_sizes_X, total_repeat_length=pairs)
-    slot_P = first_block_X[expert_P] * rows + jnp.arange(pairs) - first_row_X[expert_P]
+    # rows after the groups go, in order, to the slots after the used blocks: unique and in bounds
+    slot_P = jnp.where(grouped_P, first_block_X[expert_P] * rows + row_P - first_row_X[expert_P],
+                       jnp.sum(blocks_X) * rows + row_P - jnp.sum(group_sizes_X))
     # trailing unused blocks hold zeros; any expert will do for them
     block_expert_N = jnp.minimum(jnp.searchsorted(jnp.cumsum(blocks_X), jnp.arange(num_blocks), side="right"),
                                  num_experts - 1)
@@ -79,21 +87,35 @@ def blocked_ffn(x_PxE: jax.Array, group_sizes_X: jax.Array, wi_gate_XxExM: jax.A
     gate_NxRxM = jnp.einsum("nre,nem->nrm", x_NxRxE, wi_gate_XxExM[block_expert_N])
     up_NxRxM = jnp.einsum("nre,nem->nrm", x_NxRxE, wi_up_XxExM[block_expert_N])
     out_NxRxE = jnp.einsum("nrm,nme->nre", _swiglu(gate_NxRxM, up_NxRxM), wo_XxMxE[block_expert_N])
-    return out_NxRxE.reshape(num_blocks * rows, embed)[slot_P]
+    out_PxE = out_NxRxE.reshape(num_blocks * rows, embed)[slot_P]
+    return jnp.where(grouped_P[:, None], out_PxE, jnp.zeros_like(out_PxE))
+
+
+def grouped_ffn(backend: str) -> Callable[..., jax.Array]:
+    """The grouped SwiGLU of a dispatch backend: (x_PxE, group_sizes_X, wi_gate, wi_up, wo) → out_PxE."""
+    return ragged_ffn if backend == "ragged_dot" else blocked_ffn
 
 
 def expert_ffn(x_TxE: jax.Array, experts_TxK: jax.Array, gates_TxK: jax.Array, wi_gate_XxExM: jax.Array,
-               wi_up_XxExM: jax.Array, wo_XxMxE: jax.Array, backend: str = "blocked") -> jax.Array:
-    """Σ_k gate_tk · FFN_{expert_tk}(x_t), dropless: sort pairs by expert, grouped matmuls, scatter-add back."""
+               wi_up_XxExM: jax.Array, wo_XxMxE: jax.Array, backend: str = "blocked",
+               first_expert: int | jax.Array = 0) -> jax.Array:
+    """Σ_k gate_tk · FFN_{expert_tk}(x_t), dropless: sort pairs by expert, grouped matmuls, scatter-add back.
+
+    The weights are experts first_expert … first_expert + X − 1; pairs routed to any other
+    expert add nothing (an expert-parallel shard's share of the routing, moe_parallel.py).
+    """
     tokens, top_k = experts_TxK.shape
     num_experts = wi_gate_XxExM.shape[0]
-    experts_P = experts_TxK.reshape(-1)
-    order_P = jnp.argsort(experts_P, stable=True)
+    local_P = experts_TxK.reshape(-1) - first_expert
+    owned_P = (local_P >= 0) & (local_P < num_experts)
+    local_P = jnp.where(owned_P, local_P, num_experts)  # not ours: sorted last, counted in no group
+    order_P = jnp.argsort(local_P, stable=True)
     token_P = order_P // top_k
-    group_sizes_X = jnp.bincount(experts_P, length=num_experts).astype(jnp.int32)
-    grouped = ragged_ffn if backend == "ragged_dot" else blocked_ffn
-    out_PxE = grouped(jnp.take(x_TxE, token_P, axis=0), group_sizes_X, wi_gate_XxExM, wi_up_XxExM, wo_XxMxE)
-    weighted_PxE = out_PxE.astype(jnp.float32) * gates_TxK.reshape(-1)[order_P][:, None]
+    group_sizes_X = jnp.bincount(local_P, length=num_experts).astype(jnp.int32)
+    out_PxE = grouped_ffn(backend)(jnp.take(x_TxE, token_P, axis=0), group_sizes_X, wi_gate_XxExM, wi_up_XxExM,
+                                   wo_XxMxE)
+    gates_P = jnp.where(owned_P, gates_TxK.reshape(-1), 0.0)[order_P]
+    weighted_PxE = out_PxE.astype(jnp.float32) * gates_P[:, None]
     y_TxE = jnp.zeros((tokens, x_TxE.shape[1]), jnp.float32).at[token_P].add(weighted_PxE)
     return y_TxE.astype(x_TxE.dtype)
 
@@ -130,9 +152,15 @@ class MoE(nn.Module):
         # router in f32 (V3 keeps the gate in full precision)
         logits_TxX = jnp.einsum("te,ex->tx", x_TxE.astype(jnp.float32), router_ExX.astype(jnp.float32))
         gates_TxK, experts_TxK, scores_TxX = router.route(logits_TxX, bias_X, moe)
-        dtype = cfg.dtype
-        y_TxE = expert_ffn(x_TxE, experts_TxK, gates_TxK, wi_gate_XxExM.astype(dtype), wi_up_XxExM.astype(dtype),
-                           wo_XxMxE.astype(dtype), dispatch_backend(moe))
+        weights = (wi_gate_XxExM.astype(cfg.dtype), wi_up_XxExM.astype(cfg.dtype), wo_XxMxE.astype(cfg.dtype))
+        backend = dispatch_backend(moe)
+        ep = moe_parallel.expert_sharding(moe)
+        if ep is None:
+            y_TxE = expert_ffn(x_TxE, experts_TxK, gates_TxK, *weights, backend)
+        else:  # the routing above and the statistics below see every token; only the experts are split
+            y_TxE = moe_parallel.parallel_expert_ffn(ep, x_TxE, experts_TxK, gates_TxK, *weights,
+                                                     ffn=functools.partial(expert_ffn, backend=backend),
+                                                     grouped=grouped_ffn(backend))
         y_BxLxE = y_TxE.reshape(batch, length, embed)
         if moe.num_shared_experts:
             shared_cfg = dataclasses.replace(cfg, mlp_dim=moe.num_shared_experts * moe.expert_dim)

@@ -88,26 +88,49 @@ def _config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class InitFromPhase:
-    """Set the run's params and tokenizer from `source` (an r1jax workdir or a Hugging Face folder)."""
+    """Set the run's params and tokenizer from `source` (an r1jax workdir or a Hugging Face folder).
+
+    `tokenizer_only`: adopt the source's tokenizer but keep the run's own model
+    (a student that shares its teacher's vocabulary).
+    """
 
     source: str
     name: str = "init"
+    tokenizer_only: bool = False
 
     def state_template(self, ctx: RunContext) -> Any:
         return {}
 
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+        if self.tokenizer_only:
+            self._copy_tokenizer(ctx)
+            if is_hf_folder(self.source):
+                from r1jax.hf_tokenizer import HFTokenizer
+
+                ctx.tokenizer = HFTokenizer.load(self.source)
+            else:
+                from r1jax.tokenizer import Tokenizer
+
+                ctx.set_tokenizer(Tokenizer.load(ctx.tokenizer_path))
+            return
         cfg, params, tok = load_source(self.source)
         diff = _config_differences(cfg, ctx.model_cfg)
         if diff:
             raise ValueError(f"phase {self.name!r}: the run's model config differs from {self.source}'s "
                              f"(build the Runner with source_model_config): {'; '.join(diff)}")
+        self._copy_tokenizer(ctx)
+        ctx.tokenizer, ctx.params = tok, params
+        ctx.results[self.name] = {"source": os.path.abspath(self.source),
+                                  "params": int(sum(x.size for x in jax.tree.leaves(params)))}
+
+    def _copy_tokenizer(self, ctx: RunContext) -> None:
+        """Copy the source's tokenizer files into the workdir (a resumed run reloads them from there)."""
         if is_hf_folder(self.source):
             for name in HF_TOKENIZER_FILES:
                 if os.path.exists(os.path.join(self.source, name)):
                     shutil.copyfile(os.path.join(self.source, name), os.path.join(ctx.workdir, name))
-        else:
-            shutil.copyfile(os.path.join(self.source, "tokenizer.model"), ctx.tokenizer_path)
-        ctx.tokenizer, ctx.params = tok, params
-        ctx.results[self.name] = {"source": os.path.abspath(self.source),
-                                  "params": int(sum(x.size for x in jax.tree.leaves(params)))}
+            return
+        path = os.path.join(self.source, "tokenizer.model")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing: {self.source} is not a finished r1jax run")
+        shutil.copyfile(path, ctx.tokenizer_path)

@@ -1,13 +1,16 @@
 """The runner: executes a list of phases in one workdir, checkpointing between and inside them.
 
     Runner(workdir, model_cfg, [TokenizerPhase(...), PretrainPhase(...), RLPhase(...)], seed=0).run()
+    Runner(..., mesh="2x4").run()     # every phase runs under the mesh, params and state sharded
+
 
 A restart with the same workdir resumes at the exact phase and step of the last
 committed checkpoint: randomness is a function of (seed, phase index, step) and
 data order of (seed, epoch), both saved cursors, so a killed-and-resumed run logs
 the same metrics as one left alone. Metrics logged after that checkpoint are
 dropped on resume and logged again. Checkpoints are orbax's (written to a
-temporary directory, then committed by rename: never half-written).
+temporary directory, then committed by rename: never half-written) and restored
+straight onto the mesh's shardings (r1jax.sharding).
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import os
 from typing import Any, Protocol
 
 import jax
+from jax.sharding import Mesh
 
+from r1jax import sharding
 from r1jax.checkpoint import Checkpointer
 from r1jax.config import ModelConfig
 from r1jax.metrics import MetricsWriter
@@ -42,7 +47,7 @@ class StopRun(Exception):
 
 @dataclasses.dataclass
 class RunContext:
-    """What phases share: workdir, tokenizer, model, params, metrics, checkpoints."""
+    """What phases share: workdir, tokenizer, model, params, metrics, checkpoints, the device mesh."""
 
     workdir: str
     seed: int
@@ -58,6 +63,7 @@ class RunContext:
     params: Any = None
     results: dict = dataclasses.field(default_factory=dict)
     stop_at_step: int | None = None
+    mesh: Mesh = dataclasses.field(default_factory=sharding.single_device_mesh)
 
     @property
     def tokenizer_path(self) -> str:
@@ -70,6 +76,14 @@ class RunContext:
     def rng(self, step: int = 0) -> jax.Array:
         """The random key of this phase's `step`: a function of (seed, phase index, step) only."""
         return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), self.phase_index), step)
+
+    def init_params(self) -> Any:
+        """Fresh params of the model, created sharded on the mesh (rng of this phase's step 0)."""
+        return sharding.sharded_init(self.model_cfg, self.rng(), self.mesh)
+
+    def place(self, tree: Any) -> Any:
+        """Params or a train state moved onto the mesh (params sharded by the rule table, the rest replicated)."""
+        return sharding.place(tree, self.mesh, self.model_cfg)
 
     def set_tokenizer(self, tok: Tokenizer) -> None:
         """Adopt `tok` and size the model's vocabulary to it."""
@@ -114,7 +128,8 @@ class Runner:
     """Runs `phases` in order in `workdir`, resuming from its last checkpoint."""
 
     def __init__(self, workdir: str, model_cfg: ModelConfig, phases: list, seed: int = 0,
-                 checkpoint_every: int = 50, keep_last: int = 3):
+                 checkpoint_every: int = 50, keep_last: int = 3, mesh: str | Mesh | None = None):
+        """`mesh`: a Mesh, a spec such as "2x4" or "fsdp=8,expert=8" (r1jax.sharding), or None (one device)."""
         names = [p.name for p in phases]
         if len(set(names)) != len(names):
             raise ValueError(f"phase names must be unique (they prefix metrics): {names}")
@@ -122,6 +137,8 @@ class Runner:
             raise ValueError(f"checkpoint_every={checkpoint_every} must be >= 1")
         self.workdir, self.model_cfg, self.phases, self.seed = os.path.abspath(workdir), model_cfg, phases, seed
         self.checkpoint_every, self.keep_last = checkpoint_every, keep_last
+        self.mesh = (sharding.single_device_mesh() if mesh is None
+                     else mesh if isinstance(mesh, Mesh) else sharding.make_mesh(mesh))
 
     def run(self, stop_at_step: int | None = None) -> RunContext:
         """Run every phase not yet done; returns the context (params, tokenizer, results)."""
@@ -130,14 +147,17 @@ class Runner:
         meta = ckpt.read_meta() if ckpt.latest_step() is not None else None
         metrics = MetricsWriter(self.workdir, resume_step=None if meta is None else meta["global_step"] - 1)
         ctx = RunContext(self.workdir, self.seed, self.model_cfg, ckpt, metrics, self.checkpoint_every,
-                         stop_at_step=stop_at_step)
+                         stop_at_step=stop_at_step, mesh=self.mesh)
         try:
-            start, state, cursor = self._resume(ctx, meta)
-            for i in range(start, len(self.phases)):
-                phase = self.phases[i]
-                ctx.phase_index, ctx.phase_name = i, phase.name
-                phase.run(ctx, state if i == start else None, cursor if i == start else None)
-                ctx.save(None, {}, done=True)
+            with sharding.use_mesh(self.mesh):
+                start, state, cursor = self._resume(ctx, meta)
+                for i in range(start, len(self.phases)):
+                    phase = self.phases[i]
+                    ctx.phase_index, ctx.phase_name = i, phase.name
+                    if ctx.params is not None:  # params from outside (InitFromPhase, a user phase) onto the mesh
+                        ctx.params = ctx.place(ctx.params)
+                    phase.run(ctx, state if i == start else None, cursor if i == start else None)
+                    ctx.save(None, {}, done=True)
         finally:
             metrics.close()
             ckpt.close()
@@ -166,7 +186,7 @@ class Runner:
         target = {"params": abstract_params(ctx.model_cfg) if has_params else {},
                   "state": {} if done else self.phases[index].state_template(ctx),
                   "global_step": jax.ShapeDtypeStruct((), jax.numpy.int32)}
-        saved, _ = ctx.ckpt.restore(target=target)
+        saved, _ = ctx.ckpt.restore(target=sharding.abstract_with_shardings(target, ctx.mesh, ctx.model_cfg))
         ctx.params = saved["params"] if has_params else None
         if done:
             return index + 1, None, None

@@ -14,17 +14,17 @@ from typing import Any
 import jax
 import numpy as np
 
+from r1jax import sharding
 from r1jax.config import GRPOConfig, OptimizerConfig
 from r1jax.data import Problem
 from r1jax.data.packing import batches, batches_per_epoch, encode_examples, pack
 from r1jax.metrics import progress, show_metrics
-from r1jax.model import init_params
 from r1jax.phases.runner import RunContext, abstract_params
 from r1jax.rewards import RewardPool, WeightedReward
 from r1jax.rl.loop import GRPOTrainer
 from r1jax.tokenizer import Tokenizer
 from r1jax.train.optim import init_train_state, make_optimizer
-from r1jax.train.sft_step import make_sft_step
+from r1jax.train.sft_step import make_distill_step, make_sft_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,9 @@ class SFTPhase:
     """Supervised training on (prompt, completion) pairs, loss on completion tokens, packed rows.
 
     Pretraining of the tiny base is this phase with empty prompts; the cold start,
-    the rejection-sampling SFT and distillation are this phase on their data.
+    the rejection-sampling SFT and distillation are this phase on their data. With
+    a `teacher`, the loss adds logit distillation (make_distill_step); the paper
+    distils by plain SFT on teacher traces (no teacher).
     """
 
     name: str
@@ -60,6 +62,9 @@ class SFTPhase:
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3)
     logprob_chunk: int = 256
     log_every: int = 10
+    teacher: str = ""  # logit distillation from this r1jax workdir or HF folder (same vocabulary)
+    kd_alpha: float = 0.5  # with a teacher: (1−α)·CE + α·τ²·KL(teacher_τ ‖ student_τ)
+    kd_temperature: float = 1.0
 
     def _tx(self):
         return make_optimizer(self.optimizer)
@@ -71,12 +76,24 @@ class SFTPhase:
         if ctx.tokenizer is None:
             raise ValueError(f"phase {self.name!r} needs a tokenizer: put a TokenizerPhase before it")
         if ctx.params is None:
-            ctx.params = init_params(ctx.model_cfg, ctx.rng())
+            ctx.params = ctx.init_params()
         examples = encode_examples(ctx.tokenizer, list(self.pairs(ctx)))
         packed, stats = pack(examples, self.seq_len)
         tx = self._tx()
-        state = init_train_state(ctx.params, tx) if state is None else state
-        step_fn = make_sft_step(ctx.model, tx, chunk=self.logprob_chunk)
+        state = ctx.place(init_train_state(ctx.params, tx)) if state is None else state
+        state_sharding = sharding.tree_shardings(state, ctx.mesh, cfg=ctx.model_cfg)
+        if self.teacher:
+            from r1jax.model import Transformer
+            from r1jax.phases.init_phases import load_source
+
+            teacher_cfg, teacher_params, _ = load_source(self.teacher)
+            teacher_params = sharding.place(teacher_params, ctx.mesh, teacher_cfg)
+            distill = make_distill_step(ctx.model, Transformer(teacher_cfg), tx, alpha=self.kd_alpha,
+                                        temperature=self.kd_temperature, chunk=self.logprob_chunk,
+                                        state_sharding=state_sharding)
+            step_fn = lambda s, b: distill(s, b, teacher_params)  # noqa: E731
+        else:
+            step_fn = make_sft_step(ctx.model, tx, chunk=self.logprob_chunk, state_sharding=state_sharding)
         cursor = cursor or {"step": 0, "epoch": 0, "index": 0}
         per_epoch = batches_per_epoch(packed, self.batch_size)
         if per_epoch == 0:
@@ -87,10 +104,10 @@ class SFTPhase:
         stream = batches(packed, self.batch_size, ctx.seed, cursor["epoch"], cursor["index"], epochs=epochs)
         bar = progress(total=self.steps, desc=self.name, initial=cursor["step"])
         for step, (batch, after) in zip(range(cursor["step"], self.steps), stream):
-            state, metrics = step_fn(state, batch)
+            state, metrics = step_fn(state, sharding.shard_batch(batch, ctx.mesh))
             cursor = {"step": step + 1, "epoch": after.epoch, "index": after.index}
             if (step + 1) % self.log_every == 0 or step + 1 == self.steps:
-                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                m = {k: float(v) for k, v in sharding.to_host(metrics).items()}
                 m["epoch"] = step * self.batch_size / packed.tokens_BxL.shape[0]
                 show_metrics(bar, m)
                 ctx.log(m, step_done=False)
@@ -162,7 +179,7 @@ class RLPhase:
         take = problem_stream(problems, ctx.seed + ctx.phase_index, cursor["problems"])
         with RewardPool(self.reward_workers, self.reward_timeout_s) as pool:
             trainer = GRPOTrainer(ctx.model_cfg, ctx.params, ctx.tokenizer, self.grpo, self.optimizer, self.rewards,
-                                  self.template, pool=pool, seed=ctx.seed + ctx.phase_index)
+                                  self.template, pool=pool, seed=ctx.seed + ctx.phase_index, mesh=ctx.mesh)
             if state is not None:
                 trainer.state = state["train"]
                 trainer.ref_params = state["ref"] if self.grpo.kl_beta else None

@@ -6,7 +6,9 @@
 
 Device work (sampling, log-probs, the update) is jitted; rewards, data and
 logging stay in Python. DeepSeek-R1 (arXiv 2501.12948) Sec. 2.2; dynamic
-sampling and the overlong penalty from DAPO (arXiv 2503.14476).
+sampling and the overlong penalty from DAPO (arXiv 2503.14476). With a `mesh`
+(r1jax.sharding) the train state is sharded by the rule table and each batch's
+rows are split over the data-like axes; call the trainer inside `use_mesh(mesh)`.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from r1jax import sharding
 from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
 from r1jax.data import Problem
 from r1jax.rewards import RewardPool, WeightedReward, combine_rewards
@@ -75,16 +79,22 @@ class GRPOTrainer:
     def __init__(self, model_cfg: ModelConfig, params: Any, tokenizer: Tokenizer, cfg: GRPOConfig,
                  opt_cfg: OptimizerConfig, rewards: Mapping[str, WeightedReward], template: Any,
                  pool: RewardPool | None = None, add_bos: bool = True, prompt_bucket: int = 32,
-                 post_update: Callable[[TrainState, dict], TrainState] | None = None, seed: int = 0):
+                 post_update: Callable[[TrainState, dict], TrainState] | None = None, seed: int = 0,
+                 mesh: Mesh | None = None):
         self.cfg, self.tok, self.rewards, self.template, self.pool = cfg, tokenizer, rewards, template, pool
         self.add_bos = add_bos
         self.sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                                prompt_bucket=prompt_bucket)
         self.tx = make_optimizer(opt_cfg)
         self.lr = learning_rate_schedule(opt_cfg)
+        self.mesh = mesh
         self.state = init_train_state(params, self.tx)
-        self.ref_params = jax.tree.map(jnp.copy, params) if cfg.kl_beta else None
-        self._update = make_grpo_step(self.sampler.model, self.tx, cfg, post_update)
+        state_sharding = None
+        if mesh is not None:
+            self.state = sharding.place(self.state, mesh, model_cfg)
+            state_sharding = sharding.tree_shardings(self.state, mesh, cfg=model_cfg)
+        self.ref_params = jax.tree.map(jnp.copy, self.state.params) if cfg.kl_beta else None
+        self._update = make_grpo_step(self.sampler.model, self.tx, cfg, post_update, state_sharding)
         self._logps = make_logps_fn(self.sampler.model, cfg.logprob_chunk)
         self.seed = seed
         self.rl_step = 0
@@ -98,7 +108,7 @@ class GRPOTrainer:
         prompt_ids = [self.tok.encode(t, add_bos=self.add_bos) for t in prompts]
         out = self.sampler.sample(self.state.params, prompt_ids, rng, group_size=g,
                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
-        completion_BxT, logps_BxT, lengths_B, truncated_B = jax.device_get(
+        completion_BxT, logps_BxT, lengths_B, truncated_B = sharding.to_host(
             (out.tokens_BxT, out.logps_BxT, out.lengths_B, out.truncated_B))
         texts = [self.tok.decode(row[:n]) for row, n in zip(completion_BxT, lengths_B)]
         columns: dict[str, list] = {}
@@ -138,6 +148,7 @@ class GRPOTrainer:
         return merged, len(informative)
 
     def _batch(self, r: Rollout) -> GRPOBatch:
+        """The update's batch as host (numpy) arrays; ref_logps are zeros until computed."""
         g, bucket = self.cfg.group_size, self.sampler.prompt_bucket
         width = -(-max(len(p) for p in r.prompt_ids) // bucket) * bucket
         prompt_PxL = np.full((len(r.prompt_ids), width), self.tok.pad_id, np.int32)
@@ -149,11 +160,11 @@ class GRPOTrainer:
             loss_mask_BxT = loss_mask_BxT * ~r.truncated_B[:, None]
         adv_B = np.asarray(group_advantages(jnp.asarray(r.rewards_B.reshape(-1, g)), self.cfg.advantage)).reshape(-1)
         return GRPOBatch(
-            prompt_BxP=jnp.asarray(np.repeat(prompt_PxL, g, axis=0)),
-            prompt_mask_BxP=jnp.asarray(np.repeat(prompt_PxL != self.tok.pad_id, g, axis=0)),
-            completion_BxT=jnp.asarray(r.completion_BxT), completion_mask_BxT=jnp.asarray(completion_mask_BxT),
-            loss_mask_BxT=jnp.asarray(loss_mask_BxT), old_logps_BxT=jnp.asarray(r.logps_BxT),
-            ref_logps_BxT=jnp.zeros(r.logps_BxT.shape, jnp.float32), advantages_B=jnp.asarray(adv_B, jnp.float32))
+            prompt_BxP=np.repeat(prompt_PxL, g, axis=0),
+            prompt_mask_BxP=np.repeat(prompt_PxL != self.tok.pad_id, g, axis=0),
+            completion_BxT=np.asarray(r.completion_BxT), completion_mask_BxT=completion_mask_BxT,
+            loss_mask_BxT=np.asarray(loss_mask_BxT, np.float32), old_logps_BxT=np.asarray(r.logps_BxT),
+            ref_logps_BxT=np.zeros(r.logps_BxT.shape, np.float32), advantages_B=np.asarray(adv_B, np.float32))
 
     # --------------------------------------------------------------------- step
     def step(self, problems: Sequence[Problem], rng: jax.Array,
@@ -173,15 +184,16 @@ class GRPOTrainer:
         t_sample = time.perf_counter() - t0
 
         batch = self._batch(r)
+        # row order for minibatches: a function of (seed, step) only, so a resumed run repeats it
+        order = np.random.default_rng([self.seed, self.rl_step]).permutation(batch.advantages_B.shape[0])
+        batch = jax.tree.map(lambda x: x[order], batch)
+        batch = jax.tree.map(jnp.asarray, batch) if self.mesh is None else sharding.shard_batch(batch, self.mesh)
         if cfg.recompute_old_logps:
             batch = batch.replace(old_logps_BxT=self._logps(self.state.params, batch))
         if self.ref_params is not None:
             batch = batch.replace(ref_logps_BxT=self._logps(self.ref_params, batch))
-        # row order for minibatches: a function of (seed, step) only, so a resumed run repeats it
-        order = np.random.default_rng([self.seed, self.rl_step]).permutation(batch.advantages_B.shape[0])
-        batch = jax.tree.map(lambda x: x[order], batch)
         self.state, dev_metrics = self._update(self.state, batch)
-        dev_metrics = jax.device_get(dev_metrics)
+        dev_metrics = sharding.to_host(dev_metrics)
         self.rl_step += 1
         if cfg.ref_refresh_every and self.ref_params is not None and self.rl_step % cfg.ref_refresh_every == 0:
             self.ref_params = jax.tree.map(jnp.copy, self.state.params)

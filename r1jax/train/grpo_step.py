@@ -11,6 +11,8 @@ are means over all updates of the call, plus `skipped` (non-finite updates).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -54,10 +56,11 @@ def _rows(batch: GRPOBatch, start: jax.Array, size: int) -> GRPOBatch:
 
 
 def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GRPOConfig,
-                   post_update: Callable[[TrainState, dict], TrainState] | None = None
+                   post_update: Callable[[TrainState, dict], TrainState] | None = None, state_sharding: Any = None
                    ) -> Callable[[TrainState, GRPOBatch], tuple[TrainState, dict[str, jax.Array]]]:
     """Build the jitted update; `post_update(state, metrics)` runs after each optimizer update
-    (the place for state outside the gradient, such as the MoE balancing bias)."""
+    (the place for state outside the gradient, such as the MoE balancing bias); `state_sharding`
+    (r1jax.sharding.tree_shardings of the state) pins the new state's layout to the old one's."""
 
     def loss_fn(params, mb: GRPOBatch):
         logp_BxT, ent_BxT, aux, stats = completion_logps_aux(
@@ -114,5 +117,5 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
         out["updates"] = jnp.asarray(updates, jnp.float32)
         return state, out
 
-    return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), out_shardings=(state_sharding, None))
 

@@ -1,12 +1,15 @@
 """Per-token log-probs of a completion, with the LM head applied in sequence chunks.
 
 The full [B, T, V] logits never exist: a rematerialized scan applies the head to
-C positions at a time (forward and backward), so peak memory is B·C·V floats.
+C positions at a time (forward and backward), so peak memory is B·C·V floats;
+with C >= T the head runs once and its backward reuses the forward (no recompute).
 Sequences are laid out as the sampler makes them: a left-padded prompt of P
 slots, then T completion slots.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -15,31 +18,88 @@ import jax.numpy as jnp
 from r1jax.model import Transformer, moe_aux, update_router_bias
 
 
+def pick(x_BxCxV: jax.Array, index_BxC: jax.Array) -> jax.Array:
+    """x[..., index] along the last axis: a gather forward, a one-hot select backward.
+
+    The plain gather's gradient is a scatter into [B, C, V], and a one-hot select-and-sum
+    forward is a reduction XLA:CPU does not vectorize; this pairs the fast half of each.
+    """
+    return _pick(x_BxCxV.shape[-1], x_BxCxV, index_BxC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _pick(vocab: int, x_BxCxV: jax.Array, index_BxC: jax.Array) -> jax.Array:
+    del vocab
+    return jnp.take_along_axis(x_BxCxV, index_BxC[..., None], axis=-1)[..., 0]
+
+
+def _pick_fwd(vocab, x_BxCxV, index_BxC):
+    return _pick(vocab, x_BxCxV, index_BxC), index_BxC
+
+
+def _pick_bwd(vocab, index_BxC, g_BxC):
+    shape = index_BxC.shape + (vocab,)
+    hit_BxCxV = jax.lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1) == index_BxC[..., None]
+    return jnp.where(hit_BxCxV, g_BxC[..., None], jnp.zeros((), g_BxC.dtype)), None
+
+
+_pick.defvjp(_pick_fwd, _pick_bwd)
+
+
+def target_logp(logits_BxCxV: jax.Array, targets_BxC: jax.Array, with_entropy: bool = False
+                ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """(log softmax(logits)[target], entropy or None, target is an argmax) in f32.
+
+    Accuracy compares the target's logit with the row maximum (ties count as correct),
+    which costs nothing beyond the max the log-softmax needs; an argmax would be another
+    pass over [B, C, V] (a variadic reduce that XLA:CPU does not vectorize).
+    """
+    logits_BxCxV = logits_BxCxV.astype(jnp.float32)
+    max_BxC = jax.lax.stop_gradient(jnp.max(logits_BxCxV, axis=-1))
+    shifted_BxCxV = logits_BxCxV - max_BxC[..., None]
+    lse_BxC = jnp.log(jnp.sum(jnp.exp(shifted_BxCxV), axis=-1))
+    picked_BxC = pick(logits_BxCxV, targets_BxC) - max_BxC  # from the logits: `shifted` is never materialized
+    ent_BxC = None
+    if with_entropy:  # H = lse − Σ p·shifted
+        probs_BxCxV = jnp.exp(shifted_BxCxV - lse_BxC[..., None])
+        ent_BxC = lse_BxC - jnp.sum(probs_BxCxV * shifted_BxCxV, axis=-1)
+    return picked_BxC - lse_BxC, ent_BxC, picked_BxC >= 0.0
+
+
+def scan_chunks(fn: Callable[..., tuple[jax.Array, ...]], chunk: int, *xs_BxT: jax.Array) -> tuple[jax.Array, ...]:
+    """fn on C positions at a time (each x is [B, T, …], each output [B, C]); outputs [B, T].
+
+    With more than one chunk each chunk is rematerialized (its logits recomputed in the
+    backward pass instead of stored), so only one chunk's [B, C, V] exists at a time. With
+    one chunk nothing would be saved by that: fn runs once, and its backward reuses the
+    forward's values (no recompute of the head).
+    """
+    batch, length = xs_BxT[0].shape[:2]
+    chunk = max(1, min(chunk, length))
+    pad = -length % chunk
+    n = (length + pad) // chunk
+    if n == 1:
+        return tuple(fn(*xs_BxT))
+
+    def split(x_BxT):
+        x_BxT = jnp.pad(x_BxT, [(0, 0), (0, pad)] + [(0, 0)] * (x_BxT.ndim - 2))
+        return x_BxT.reshape(batch, n, chunk, *x_BxT.shape[2:]).swapaxes(0, 1)
+
+    body = jax.checkpoint(fn)
+    _, ys_NxBxC = jax.lax.scan(lambda carry, xs: (carry, body(*xs)), None, tuple(split(x) for x in xs_BxT))
+    return tuple(y.swapaxes(0, 1).reshape(batch, -1)[:, :length] for y in ys_NxBxC)
+
+
 def chunked_token_logps(model: Transformer, params, hidden_BxTxE: jax.Array, targets_BxT: jax.Array,
                         chunk: int, with_entropy: bool = False) -> tuple[jax.Array, jax.Array | None]:
     """log p(target_t | hidden_t) for every t, and optionally the entropy, C positions at a time."""
-    batch, length, embed = hidden_BxTxE.shape
-    chunk = max(1, min(chunk, length))
-    pad = -length % chunk
-    if pad:
-        hidden_BxTxE = jnp.pad(hidden_BxTxE, ((0, 0), (0, pad), (0, 0)))
-        targets_BxT = jnp.pad(targets_BxT, ((0, 0), (0, pad)))
-    n = (length + pad) // chunk
-    hidden_NxBxCxE = hidden_BxTxE.reshape(batch, n, chunk, embed).swapaxes(0, 1)
-    targets_NxBxC = targets_BxT.reshape(batch, n, chunk).swapaxes(0, 1)
 
-    @jax.checkpoint  # recompute each chunk's logits in the backward pass instead of storing them
     def one_chunk(hidden_BxCxE, targets_BxC):
-        logits_BxCxV = model.apply({"params": params}, hidden_BxCxE, method="logits").astype(jnp.float32)
-        logp_BxCxV = jax.nn.log_softmax(logits_BxCxV, axis=-1)
-        logp_BxC = jnp.take_along_axis(logp_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
-        ent_BxC = -(jnp.exp(logp_BxCxV) * logp_BxCxV).sum(-1) if with_entropy else jnp.zeros_like(logp_BxC)
-        return logp_BxC, ent_BxC
+        logits_BxCxV = model.apply({"params": params}, hidden_BxCxE, method="logits")
+        logp_BxC, ent_BxC, _ = target_logp(logits_BxCxV, targets_BxC, with_entropy)
+        return logp_BxC, (ent_BxC if with_entropy else jnp.zeros_like(logp_BxC))
 
-    _, (logp_NxBxC, ent_NxBxC) = jax.lax.scan(
-        lambda carry, xs: (carry, one_chunk(*xs)), None, (hidden_NxBxCxE, targets_NxBxC))
-    logp_BxT = logp_NxBxC.swapaxes(0, 1).reshape(batch, -1)[:, :length]
-    ent_BxT = ent_NxBxC.swapaxes(0, 1).reshape(batch, -1)[:, :length]
+    logp_BxT, ent_BxT = scan_chunks(one_chunk, chunk, hidden_BxTxE, targets_BxT)
     return logp_BxT, (ent_BxT if with_entropy else None)
 
 

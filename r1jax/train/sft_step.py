@@ -11,13 +11,15 @@ distillation of R1 into small dense models (arXiv 2501.12948, §2.3, §2.4); the
 paper distils by plain SFT (alpha = 0). The loss is the mean over all loss tokens
 of the batch; with `grad_accum` micro-batches each micro-batch's token sum is
 divided by the whole batch's token count, so accumulating is exact. The LM head
-runs `chunk` positions at a time (rematerialized), so [B, L, V] logits never
-exist whole, for the student or the teacher. `post_update(state, metrics)` runs
+runs `chunk` positions at a time (rematerialized when the row has more than one
+chunk), so [B, L, V] logits never exist whole, for the student or the teacher;
+chunk >= L computes them whole and skips the head's recompute. `post_update(state, metrics)` runs
 after the optimizer update, as in `grpo_step`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +27,7 @@ import optax
 
 from r1jax.data.packing import PackedBatch
 from r1jax.model import Transformer
-from r1jax.train.logprobs import balance_experts, hidden_with_aux
+from r1jax.train.logprobs import balance_experts, hidden_with_aux, scan_chunks, target_logp
 from r1jax.train.optim import TrainState, apply_gradients
 
 Metrics = dict[str, jax.Array]
@@ -49,22 +51,6 @@ def kd_kl(student_logits_XxV: jax.Array, teacher_logits_XxV: jax.Array, temperat
     return (jnp.exp(logq_XxV) * (logq_XxV - logp_XxV)).sum(-1)
 
 
-def chunked_map(fn: Callable[..., tuple[jax.Array, ...]], chunk: int, *xs_BxT: jax.Array) -> tuple[jax.Array, ...]:
-    """fn on C positions at a time (each x is [B, T, …], each output [B, C]), rematerialized; outputs [B, T]."""
-    batch, length = xs_BxT[0].shape[:2]
-    chunk = max(1, min(chunk, length))
-    pad = -length % chunk
-    n = (length + pad) // chunk
-
-    def split(x_BxT):
-        x_BxT = jnp.pad(x_BxT, [(0, 0), (0, pad)] + [(0, 0)] * (x_BxT.ndim - 2))
-        return x_BxT.reshape(batch, n, chunk, *x_BxT.shape[2:]).swapaxes(0, 1)
-
-    body = jax.checkpoint(fn)  # recompute each chunk's logits in the backward pass instead of storing them
-    _, ys_NxBxC = jax.lax.scan(lambda carry, xs: (carry, body(*xs)), None, tuple(split(x) for x in xs_BxT))
-    return tuple(y.swapaxes(0, 1).reshape(batch, -1)[:, :length] for y in ys_NxBxC)
-
-
 def _hidden(model: Transformer, params, batch: PackedBatch) -> tuple[jax.Array, jax.Array, dict]:
     seg_BxL = batch.segment_ids_BxL
     return hidden_with_aux(model, params, batch.tokens_BxL, batch.positions_BxL, seg_BxL != 0, seg_BxL)
@@ -80,14 +66,14 @@ def token_losses(model: Transformer, params, batch: PackedBatch, chunk: int, tea
 
     def one_chunk(hidden_BxCxE, t_hidden_BxCxE, targets_BxC):
         logits_BxCxV = model.apply({"params": params}, hidden_BxCxE, method="logits").astype(jnp.float32)
-        logp_BxC = jnp.take_along_axis(jax.nn.log_softmax(logits_BxCxV, -1), targets_BxC[..., None], -1)[..., 0]
-        correct_BxC = (jnp.argmax(logits_BxCxV, -1) == targets_BxC).astype(jnp.float32)
+        logp_BxC, _, is_argmax_BxC = target_logp(logits_BxCxV, targets_BxC)
+        correct_BxC = is_argmax_BxC.astype(jnp.float32)
         if teacher is None:
             return -logp_BxC, correct_BxC, jnp.zeros_like(logp_BxC)
         t_logits_BxCxV = teacher.apply({"params": teacher_params}, t_hidden_BxCxE, method="logits")
         return -logp_BxC, correct_BxC, kd_kl(logits_BxCxV, jax.lax.stop_gradient(t_logits_BxCxV), temperature)
 
-    ce_BxL, correct_BxL, kl_BxL = chunked_map(one_chunk, chunk, hidden_BxLxE, t_hidden_BxLxE, targets_BxL)
+    ce_BxL, correct_BxL, kl_BxL = scan_chunks(one_chunk, chunk, hidden_BxLxE, t_hidden_BxLxE, targets_BxL)
     return ce_BxL, correct_BxL, kl_BxL, weights_BxL, (aux, stats)
 
 
@@ -150,17 +136,21 @@ def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int
 
 
 def make_sft_step(model: Transformer, tx: optax.GradientTransformation, chunk: int = 256,
-                  post_update: Callable[[TrainState, Metrics], TrainState] | None = None, *, grad_accum: int = 1
-                  ) -> Callable[[TrainState, PackedBatch], tuple[TrainState, Metrics]]:
-    """Jitted SFT update (state donated); metrics: loss, ce, accuracy, tokens, input_tokens, grad_norm, skipped."""
+                  post_update: Callable[[TrainState, Metrics], TrainState] | None = None, *, grad_accum: int = 1,
+                  state_sharding: Any = None) -> Callable[[TrainState, PackedBatch], tuple[TrainState, Metrics]]:
+    """Jitted SFT update (state donated); metrics: loss, ce, accuracy, tokens, input_tokens, grad_norm, skipped.
+
+    `state_sharding` (r1jax.sharding.tree_shardings of the state) pins the new state's layout to the old one's.
+    """
     step = _build_step(model, tx, chunk, grad_accum, post_update, None, 0.0, 1.0)
-    return jax.jit(lambda state, batch: step(state, batch, None), donate_argnums=(0,))
+    return jax.jit(lambda state, batch: step(state, batch, None), donate_argnums=(0,),
+                   out_shardings=(state_sharding, None))
 
 
 def make_distill_step(student: Transformer, teacher: Transformer, tx: optax.GradientTransformation,
                       alpha: float = 0.5, temperature: float = 1.0, chunk: int = 256,
-                      post_update: Callable[[TrainState, Metrics], TrainState] | None = None, *, grad_accum: int = 1
-                      ) -> Callable[..., tuple[TrainState, Metrics]]:
+                      post_update: Callable[[TrainState, Metrics], TrainState] | None = None, *, grad_accum: int = 1,
+                      state_sharding: Any = None) -> Callable[..., tuple[TrainState, Metrics]]:
     """Jitted (state, batch, teacher_params) update on (1−α)·CE + α·τ²·KL(teacher_τ ‖ student_τ).
 
     Logit distillation with temperature τ (Hinton et al. 2015, arXiv 1503.02531):
@@ -175,7 +165,7 @@ def make_distill_step(student: Transformer, teacher: Transformer, tx: optax.Grad
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
     step = _build_step(student, tx, chunk, grad_accum, post_update, teacher, alpha, temperature)
-    return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), out_shardings=(state_sharding, None))
 
 
 def make_eval_loss(model: Transformer, chunk: int = 256) -> Callable[..., Metrics]:

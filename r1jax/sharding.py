@@ -1,0 +1,321 @@
+"""Device meshes from strings, one logical-axis rule table, and sharded placement of params, state, caches, batches.
+
+Mesh specs (`--mesh`), sizes listed outermost first (the last axis holds adjacent devices: one host's
+chips, one node's GPUs):
+  "8x8", "-1x8", "2x4", "8"    unnamed: default names by rank (below); one −1 fills from the device count.
+  "fsdp=8,expert=8"            named: any of data, fsdp, expert, tensor, in mesh order; one may be −1.
+  None                         all devices on one "fsdp" axis (same as "-1").
+Default names by rank: 1 → (fsdp,); 2 → (data, fsdp); 3 → (data, fsdp, expert); 4 → (data, fsdp,
+expert, tensor). So "8x8" is hybrid FSDP: params sharded 8 ways within a host/node, replicated over 8.
+
+What each mesh axis shards (RULES, in priority order; the first free rule wins per dimension):
+  data    batch only (params replicated): plain data parallelism.
+  fsdp    batch, and dense weights on their "embed" dimension (else mlp/heads/latent dims): ZeRO-3.
+  expert  batch, and MoE expert weights on their "expert" dimension (expert parallelism).
+  tensor  heads, kv_heads, mlp, vocab (Megatron-style); off by default.
+Rules naming mesh axes absent from the mesh are dropped. For arrays placed here (params, optimizer
+state, caches, batches) an axis whose size does not divide the dimension is skipped (that dimension
+falls back to fewer axes or replication), so tiny models run on any mesh. The model's activation
+constraints (`r1jax.model.layers.constrain` → `constrain` here) read the same table under the
+current mesh, shape-aware too, and skip Manual axes (inside shard_map).
+
+    mesh = make_mesh("2x4")
+    with use_mesh(mesh):                        # jax.set_mesh + the table as flax logical axis rules
+        params = sharded_init(cfg, rng, mesh)   # never materialized whole on any host
+        state = place(init_train_state(params, tx), mesh, cfg)   # Adam moments follow their params
+        batch = shard_batch(batch_np, mesh)     # leading axis over (data, fsdp, expert)
+        step = jax.jit(step_fn, out_shardings=(tree_shardings(state, mesh, cfg=cfg), None))
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from typing import Any, Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from r1jax.config import ModelConfig
+
+MESH_AXES = ("data", "fsdp", "expert", "tensor")  # every name a mesh axis may have, in canonical order
+DEFAULT_AXES = {1: ("fsdp",), 2: ("data", "fsdp"), 3: ("data", "fsdp", "expert"), 4: MESH_AXES}
+BATCH_AXES = ("data", "fsdp", "expert")  # the data-like axes: a batch's leading axis is split over these
+
+# The one table: (logical axis name, mesh axes it may be split over). Order is priority.
+RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("batch", BATCH_AXES),
+    ("expert", ("expert",)),
+    ("vocab", ("tensor",)),
+    ("heads", ("tensor",)),
+    ("kv_heads", ("tensor",)),
+    ("mlp", ("tensor",)),
+    ("embed", ("fsdp",)),
+    # fallbacks when "embed" is absent or not divisible (MLA up-projections, odd sizes)
+    ("mlp", ("fsdp",)),
+    ("kv_lora", ("fsdp",)),
+    ("q_lora", ("fsdp",)),
+    ("heads", ("fsdp",)),
+    ("vocab", ("fsdp",)),
+)
+# never sharded: length, cache_length, head_dim, norm
+
+# Logical names of decode-cache leaves, by field name (see r1jax.model Cache, KVCache, MLACache).
+CACHE_AXES = {
+    "k_BxKxSxD": ("batch", "kv_heads", "cache_length", "head_dim"),
+    "v_BxKxSxD": ("batch", "kv_heads", "cache_length", "head_dim"),
+    "latent_BxSxC": ("batch", "cache_length", "kv_lora"),
+    "k_rope_BxSxR": ("batch", "cache_length", "head_dim"),
+    "valid_BxS": ("batch", "cache_length"),
+    "index": (),
+}
+
+
+def parse_mesh(spec: str | None, num_devices: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(axis sizes, axis names) of a mesh spec over `num_devices` devices; ValueError naming the spec."""
+    if spec is None or not spec.strip():
+        return (num_devices,), DEFAULT_AXES[1]
+    text = spec.strip()
+    if "=" in text:
+        names, sizes = [], []
+        for part in text.split(","):
+            name, sep, size = part.partition("=")
+            if not sep:
+                raise ValueError(f"mesh {spec!r}: {part!r} is not name=size (write all axes named or none)")
+            names.append(name.strip())
+            sizes.append(size.strip())
+        unknown = [n for n in names if n not in MESH_AXES]
+        if unknown:
+            raise ValueError(f"mesh {spec!r}: unknown axis name(s) {unknown}; known: {list(MESH_AXES)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"mesh {spec!r}: an axis is named twice")
+    else:
+        sizes = [s.strip() for s in text.lower().split("x")]
+        if len(sizes) not in DEFAULT_AXES:
+            raise ValueError(f"mesh {spec!r}: {len(sizes)} axes; unnamed meshes have 1 to {len(DEFAULT_AXES)} "
+                             f"(name them, e.g. 'data=2,fsdp=4')")
+        names = list(DEFAULT_AXES[len(sizes)])
+    try:
+        shape = [int(s) for s in sizes]
+    except ValueError:
+        raise ValueError(f"mesh {spec!r}: axis sizes must be integers (or one -1), got {sizes}") from None
+    if any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh {spec!r}: axis sizes must be positive (or one -1), got {shape}")
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh {spec!r}: at most one axis may be -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"mesh {spec!r}: {num_devices} devices do not divide by the fixed sizes' product {known}")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        hint = ""
+        if math.prod(shape) > num_devices and jax.default_backend() == "cpu":
+            hint = (f"; on CPU set JAX_NUM_CPU_DEVICES={math.prod(shape)} (or XLA_FLAGS="
+                    f"--xla_force_host_platform_device_count={math.prod(shape)}) before starting")
+        raise ValueError(f"mesh {spec!r} needs {math.prod(shape)} devices ({dict(zip(names, shape))}) "
+                         f"but {num_devices} are available{hint}")
+    return tuple(shape), tuple(names)
+
+
+def make_mesh(spec: str | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A Mesh with Auto axis types from a spec such as "8x8" over `devices` (default: all devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape, names = parse_mesh(spec, len(devices))
+    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape), devices=devices)
+
+
+def single_device_mesh() -> Mesh:
+    """A one-device mesh (the default device): the same code path as a real mesh, without sharding."""
+    return make_mesh("1", devices=jax.devices()[:1])
+
+
+def logical_rules(mesh: Mesh) -> tuple[tuple[str, str | tuple[str, ...]], ...]:
+    """RULES restricted to the mesh's axes, in flax's `nn.logical_axis_rules` form (for activations)."""
+    rules = []
+    for logical, axes in RULES:
+        present = tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
+        if present:
+            rules.append((logical, present if len(present) > 1 else present[0]))
+    return tuple(rules)
+
+
+def logical_to_spec(names: Sequence[str | None], mesh: Mesh | dict[str, int],
+                    shape: Sequence[int] | None = None) -> PartitionSpec:
+    """PartitionSpec for an array with logical axis `names`; with `shape`, only axes that divide each dimension.
+
+    `mesh` may be a Mesh, an AbstractMesh or a dict {axis name: size}.
+    """
+    sizes = dict(mesh) if isinstance(mesh, dict) else dict(mesh.shape)
+    names = tuple(names)
+    if shape is not None and len(shape) != len(names):
+        raise ValueError(f"logical axes {names} do not match shape {tuple(shape)}")
+    assigned: list[tuple[str, ...] | None] = [None] * len(names)
+    used: set[str] = set()
+    for logical, axes in RULES:
+        if logical not in names or assigned[names.index(logical)] is not None:
+            continue
+        dim = names.index(logical)
+        chosen: list[str] = []
+        for axis in axes:
+            size = sizes.get(axis, 1)
+            if axis in used or size == 1:
+                continue
+            if shape is not None and shape[dim] % (math.prod(sizes[a] for a in chosen) * size):
+                continue
+            chosen.append(axis)
+        if chosen:
+            assigned[dim] = tuple(chosen)
+            used.update(chosen)
+    return PartitionSpec(*(None if a is None else a[0] if len(a) == 1 else a for a in assigned))
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint on an activation by logical names under the current mesh; a no-op without one.
+
+    Shape-aware (axes that do not divide a dimension are skipped) and blind to Manual axes (inside shard_map).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    auto = {n: s for n, s, t in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types) if t != AxisType.Manual}
+    if not auto or all(s == 1 for s in auto.values()):
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, auto, x.shape))
+
+
+def named_sharding(names: Sequence[str | None], mesh: Mesh, shape: Sequence[int] | None = None) -> NamedSharding:
+    """NamedSharding of `logical_to_spec`."""
+    return NamedSharding(mesh, logical_to_spec(names, mesh, shape))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Fully replicated over the mesh."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None) -> Iterator[Mesh | None]:
+    """Enter the mesh (jax.set_mesh) and its flax logical axis rules together; None is a no-op."""
+    if mesh is None:
+        yield None
+        return
+    with jax.set_mesh(mesh), nn.logical_axis_rules(logical_rules(mesh)):
+        yield mesh
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_params(cfg: ModelConfig) -> Any:
+    from r1jax.model import init_params  # local: keep this module importable from r1jax.model
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+
+
+@functools.lru_cache(maxsize=16)
+def param_shardings(cfg: ModelConfig, mesh: Mesh) -> Any:
+    """NamedSharding per param leaf, from `r1jax.model.param_logical_axes` and the leaf shapes."""
+    from r1jax.model import param_logical_axes
+    return jax.tree.map(lambda names, leaf: named_sharding(tuple(names), mesh, leaf.shape),
+                        param_logical_axes(cfg), _abstract_params(cfg),
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def sharded_init(cfg: ModelConfig, rng: jax.Array, mesh: Mesh) -> Any:
+    """Fresh params created directly in their shards (jit with out_shardings): no host holds them whole."""
+    from r1jax.model import init_params
+    shardings = param_shardings(cfg, mesh)
+    with use_mesh(mesh):
+        return jax.jit(lambda r: init_params(cfg, r), out_shardings=shardings)(rng)
+
+
+def shard_params(params: Any, mesh: Mesh, cfg: ModelConfig) -> Any:
+    """Existing params (host or device arrays) moved onto their shardings."""
+    return jax.device_put(params, param_shardings(cfg, mesh))
+
+
+def _path_keys(path: tuple) -> tuple:
+    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+
+
+def tree_shardings(tree: Any, mesh: Mesh, cfg: ModelConfig | None = None, params: Any = None) -> Any:
+    """Shardings for any pytree holding params (train state, optimizer state, EMA, reference params).
+
+    A leaf whose key path ends with a param's key path and has that param's shape is placed like the
+    param (so Adam's mu/nu follow their params); every other leaf is replicated. The params come from
+    `cfg` (their logical axes) or from `params`, a tree of sharded arrays.
+    """
+    if (cfg is None) == (params is None):
+        raise ValueError("tree_shardings: pass exactly one of cfg or params")
+    if cfg is not None:
+        by_path = jax.tree_util.tree_flatten_with_path(param_shardings(cfg, mesh))[0]
+        shapes = jax.tree.leaves(_abstract_params(cfg))
+        table = {_path_keys(p): (shape.shape, s) for (p, s), shape in zip(by_path, shapes)}
+    else:
+        table = {_path_keys(p): (x.shape, x.sharding) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    longest = max((len(k) for k in table), default=0)
+
+    def leaf_sharding(path, leaf):
+        keys = _path_keys(path)
+        for n in range(min(longest, len(keys)), 0, -1):
+            hit = table.get(keys[-n:])
+            if hit is not None and tuple(hit[0]) == tuple(np.shape(leaf)):
+                return hit[1] if isinstance(hit[1], NamedSharding) and hit[1].mesh == mesh else replicated(mesh)
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+def place(tree: Any, mesh: Mesh, cfg: ModelConfig) -> Any:
+    """Arrays of a params-holding tree (params, train state) moved onto `tree_shardings` (no-op if already there)."""
+    return jax.device_put(tree, tree_shardings(tree, mesh, cfg=cfg))
+
+
+def abstract_with_shardings(tree: Any, mesh: Mesh, cfg: ModelConfig) -> Any:
+    """ShapeDtypeStructs of `tree` carrying `tree_shardings` (a checkpoint restore target on the mesh)."""
+    shardings = tree_shardings(tree, mesh, cfg=cfg)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
+
+
+def cache_shardings(cache: Any, mesh: Mesh) -> Any:
+    """Shardings of a decode Cache (or its abstract eval_shape): batch over the data-like axes, kv heads over tensor."""
+    def leaf_sharding(path, leaf):
+        shape = np.shape(leaf)
+        names = CACHE_AXES.get(_path_keys(path)[-1] if path else None)
+        if names is None or len(names) != len(shape):
+            names = (("batch",) + (None,) * (len(shape) - 1)) if shape else ()
+        return named_sharding(names, mesh, shape)
+    return jax.tree_util.tree_map_with_path(leaf_sharding, cache)
+
+
+def batch_sharding(shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    """Leading axis over the data-like axes that divide it, the rest replicated; scalars replicated."""
+    if not len(shape):
+        return replicated(mesh)
+    return named_sharding(("batch",) + (None,) * (len(shape) - 1), mesh, shape)
+
+
+def shard_batch(tree: Any, mesh: Mesh, process_local: bool = False) -> Any:
+    """Host (numpy) arrays → global arrays with the leading axis split over the data-like axes.
+
+    By default every process passes the same, whole batch. With `process_local=True` each process
+    passes its own share and the global batch is the concatenation in process order.
+    """
+    def put(x):
+        x = np.asarray(x)
+        global_shape = x.shape
+        if process_local and x.ndim:
+            global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        return jax.make_array_from_process_local_data(batch_sharding(global_shape, mesh), x, global_shape)
+    return jax.tree.map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of global arrays on every process (process_allgather where a process holds only part)."""
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return jax.device_get(x)
+    return jax.tree.map(get, tree)

@@ -1,0 +1,111 @@
+"""Recipes end to end at smoke size: a model loaded from a Hugging Face folder, and distillation vs RL alone."""
+import dataclasses
+import json
+import pathlib
+import random
+
+import jax
+import numpy as np
+import pytest
+from tokenizers import Tokenizer as RawTokenizer, decoders, models, pre_tokenizers, trainers
+
+from r1jax.config import GRPOConfig, ModelConfig
+from r1jax.data import R1_ZERO, ArithmeticConfig, generate_arithmetic, worked_solution
+from r1jax.hf import load_hf, save_hf
+from r1jax.hf_tokenizer import HFTokenizer
+from r1jax.metrics import read_metrics
+from r1jax.model import init_params
+from r1jax.phases import InitFromPhase, Runner, StopRun, source_model_config
+from r1jax.recipes import distill, r1_zero
+
+GSM8K = pathlib.Path(__file__).parent / "fixtures" / "eval" / "gsm8k_tiny.jsonl"
+GRPO = GRPOConfig(group_size=2, prompts_per_step=2, max_new_tokens=8, logprob_chunk=8, kl_beta=0.0)
+SPECIALS = ["<|endoftext|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>"]
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """A Qwen2-layout folder written by save_hf, with a byte-level BPE tokenizer.json of the same vocabulary."""
+    path = tmp_path_factory.mktemp("hf_model")
+    raw = RawTokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    raw.train_from_iterator([json.loads(line)["question"] for line in GSM8K.read_text().splitlines() if line.strip()] * 3, trainer)
+    raw.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
+    cfg = ModelConfig(vocab_size=raw.get_vocab_size(), embed_dim=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                      head_dim=16, mlp_dim=64, max_len=256, qkv_bias=True)
+    save_hf(path, cfg, init_params(cfg, jax.random.key(3)))
+    return path
+
+
+def test_real_preset_path_loads_a_hf_folder_trains_and_resumes(hf_folder, tmp_path):
+    cfg = dataclasses.replace(r1_zero.PRESETS["qwen2.5-1.5b"], init_from=str(hf_folder), train_jsonl=str(GSM8K),
+                              test_jsonl=str(GSM8K), rl_steps=2, grpo=GRPO, eval_every=0, eval_k=1)
+    r1_zero.check_config(cfg, "qwen2.5-1.5b")
+    workdir = tmp_path / "run"
+    runner = r1_zero.build(cfg, str(workdir))
+    assert [p.name for p in runner.phases] == ["init", "base_eval", "rl", "final_eval"]
+    with pytest.raises(StopRun):
+        runner.run(stop_at_step=2)  # base_eval and one RL step, then "killed"
+    assert (workdir / "tokenizer.json").exists()
+    ctx = r1_zero.build(cfg, str(workdir)).run()  # resumes: the tokenizer comes back from the workdir copy
+    assert isinstance(ctx.tokenizer, HFTokenizer) and ctx.model_cfg == source_model_config(str(hf_folder))
+    assert set(ctx.results) >= {"init", "base_eval", "final_eval"}
+    steps = [r["step"] for r in read_metrics(workdir / "metrics.jsonl") if "rl/reward/mean" in r]
+    assert steps == [1, 2]
+    _, loaded = load_hf(hf_folder)
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), ctx.params, loaded)
+    assert max(jax.tree.leaves(moved)) > 0  # RL changed the loaded weights
+
+
+def test_init_from_names_the_config_differences_and_missing_sources(hf_folder, tmp_path):
+    other = dataclasses.replace(source_model_config(str(hf_folder)), num_layers=3)
+    with pytest.raises(ValueError, match="num_layers: 2 vs 3"):
+        Runner(str(tmp_path / "a"), other, [InitFromPhase(str(hf_folder))]).run()
+    with pytest.raises(FileNotFoundError, match="neither an r1jax run"):
+        source_model_config(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        source_model_config(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="experiments/r1_zero.py"):
+        distill.check_teacher(distill.DistillConfig(teacher=str(tmp_path)))
+
+
+TASK = ArithmeticConfig(num_ops=1, max_value=9, ops=("+",))
+SMOKE = r1_zero.R1ZeroConfig(
+    task=TASK, train_problems=40, test_problems=4, vocab_size=400, pretrain_steps=4, pretrain_batch=4, seq_len=224,
+    model=ModelConfig(vocab_size=400, embed_dim=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                      mlp_dim=64, max_len=256),
+    rl_steps=1, grpo=dataclasses.replace(GRPO, max_new_tokens=16, logprob_chunk=16), eval_every=0, eval_k=1)
+
+
+def test_distill_stages_run_and_compare(tmp_path):
+    teacher = tmp_path / "teacher"  # a stand-in for an RL-trained teacher: the smoke base alone
+    train, _ = r1_zero.problems(SMOKE)
+    Runner(str(teacher), SMOKE.model, r1_zero.base_phases(SMOKE, train)[1]).run()
+    cfg = distill.DistillConfig(
+        teacher=str(teacher), data=SMOKE, student=dataclasses.replace(SMOKE.model, embed_dim=16, head_dim=8),
+        student_pretrain_steps=3, trace_problems=6, trace_k=2, distill_steps=2, rl_steps=1, kd_alpha=0.5,
+        kd_temperature=2.0)
+    workdir = tmp_path / "distill"
+    runners = distill.build(cfg, str(workdir))
+    assert list(runners) == list(distill.STAGES)
+    runners["student_base"].run()
+    traces = runners["teacher_traces"].run()
+    path = workdir / "teacher_traces" / "traces.jsonl"
+    assert len(path.read_text().splitlines()) == traces.results["traces"]["kept"]
+    # a smoke-size teacher rarely solves anything: stand-in traces let the student stages run
+    rng = random.Random(0)
+    rows = [{"id": p.id, "prompt": R1_ZERO.render(p.question), "completion": " " + worked_solution(p, rng).render()}
+            for p in generate_arithmetic(TASK, "train", 8, seed=0)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = distill.run(cfg, str(workdir))  # finished stages are only reloaded
+    kd = [r for r in read_metrics(workdir / "distilled" / "metrics.jsonl") if "distill/kl" in r]
+    assert kd and all(np.isfinite(r["distill/kl"]) for r in kd)
+    assert all("final_eval" in results[s] and results[s]["seconds"] > 0 for s in distill.STAGES)
+    table = distill.report(results)
+    assert "student, distilled" in table and "student, RL alone" in table and "teacher traces kept" in table
+    # the distilled student starts from the student base: same tokenizer, same architecture
+    assert (workdir / "distilled" / "tokenizer.model").read_bytes() == (teacher / "tokenizer.model").read_bytes()

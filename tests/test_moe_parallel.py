@@ -161,9 +161,10 @@ def test_expert_parallelism_needs_a_mesh_an_expert_axis_and_divisible_experts():
         ep = moe_parallel.expert_sharding(V3)
         assert (ep.expert_axes, ep.token_axes, ep.shards, ep.token_shards) == (("expert",), ("data", "expert"), 4, 8)
         assert moe_parallel.expert_sharding(dataclasses.replace(V3, expert_parallel="none")) is None
-        # 6 experts do not split 4 ways: the rule table leaves them whole, and so does the layer
-        assert moe_parallel.expert_sharding(dataclasses.replace(V3, num_experts=6, num_groups=1,
-                                                                topk_groups=1)) is None
+        # 6 experts do not split 4 ways: the rule table leaves them whole, and so does the layer, saying so
+        with pytest.warns(UserWarning, match="num_experts=6 is not divisible by the mesh's expert axis of size 4"):
+            assert moe_parallel.expert_sharding(dataclasses.replace(V3, num_experts=6, num_groups=1,
+                                                                    topk_groups=1)) is None
 
 
 def test_all_to_all_on_cpu_is_a_clear_error():

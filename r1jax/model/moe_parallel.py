@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -71,6 +72,9 @@ def expert_sharding(moe: MoEConfig) -> ExpertSharding | None:
     expert_axes = _spec_axes(sharding.logical_to_spec(("expert",), sizes, (moe.num_experts,))[0])
     shards = math.prod(sizes[a] for a in expert_axes)
     if shards <= 1:
+        if sizes.get("expert", 1) > 1:  # an expert axis was asked for but cannot split these experts
+            warnings.warn(f"num_experts={moe.num_experts} is not divisible by the mesh's expert axis of size "
+                          f"{sizes['expert']}: the experts stay unsplit (no expert parallelism)", stacklevel=2)
         return None
     if moe.expert_parallel == "all_to_all" and jax.default_backend() == "cpu":
         raise ValueError("MoEConfig.expert_parallel='all_to_all' needs jax.lax.ragged_all_to_all, which XLA:CPU "

@@ -74,7 +74,7 @@ def sample_categorical(rng: jax.Array, logits_BxV: jax.Array, block: int = 128) 
     inside_B = jnp.minimum(jnp.sum(jnp.cumsum(p_BxC, axis=-1) <= (u_B - before_B)[:, None], axis=-1), block - 1)
     inside_B = jnp.where(jnp.take_along_axis(p_BxC, inside_B[:, None], axis=-1)[:, 0] > 0, inside_B,
                          _last_positive(p_BxC))
-    return blk_B * block + inside_B
+    return jnp.minimum(blk_B * block + inside_B, vocab - 1)  # NaN logits match nothing: stay in range
 
 
 def choose_tokens(logits_BxV: jax.Array, rng: jax.Array, temperature_B: jax.Array,

@@ -19,7 +19,7 @@ import os
 import random
 from typing import Any
 
-from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+from r1jax.config import GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig
 from r1jax.data import R1_ZERO, ArithmeticConfig, generate_arithmetic, load_jsonl, worked_solution
 
 
@@ -63,8 +63,17 @@ def _real(max_new_tokens: int) -> R1ZeroConfig:
         rl_optimizer=OptimizerConfig(learning_rate=3e-6, warmup_steps=10, weight_decay=0.1))
 
 
+def _tiny_moe() -> R1ZeroConfig:
+    """The tiny preset with DeepSeek-V3-style MoE feed-forwards (sigmoid router, group-limited, 1 shared expert)."""
+    moe = MoEConfig(num_experts=8, top_k=2, expert_dim=128, num_shared_experts=1, num_groups=4, topk_groups=2,
+                    routed_scaling_factor=2.5, first_k_dense=1, seq_aux_alpha=1e-4)
+    tiny = R1ZeroConfig()
+    return dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, moe=moe))
+
+
 PRESETS: dict[str, R1ZeroConfig] = {
     "tiny": R1ZeroConfig(),
+    "tiny-moe": _tiny_moe(),
     "qwen2.5-1.5b": _real(4096),
     "qwen2.5-7b": _real(8192),
 }

@@ -1,5 +1,6 @@
 """Experiment files run end to end at smoke size."""
 import importlib.util
+import json
 import pathlib
 import sys
 
@@ -53,3 +54,15 @@ def test_r1_recipe_composes_every_stage(tmp_path):
     with pytest.raises(StopRun):
         runner.run(stop_at_step=3)
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] in ([], [0, 1, 2])
+
+
+def test_bench_writes_json_and_a_table(tmp_path, capsys):
+    mod = _load("bench")
+    out = tmp_path / "bench.json"
+    assert mod.main(["--quick", "--sections", "peak,memory", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["peak"]["f32_flops"] > 0 and results["meta"]["quick"]
+    chunks = [r["chunk"] for r in results["memory"]["rows"]]
+    temps = [r["temp_bytes"] for r in results["memory"]["rows"]]
+    assert chunks == sorted(chunks, reverse=True) and temps == sorted(temps, reverse=True)  # smaller chunks, less
+    assert "e. log-prob memory" in capsys.readouterr().out

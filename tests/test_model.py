@@ -268,3 +268,22 @@ def test_runs_sharded_under_logical_axis_rules(params):
         logits, _ = jax.jit(lambda p: Transformer(CFG).apply({"params": p}, t, pos))(sharded)
     assert sharded["layers_0"]["mlp"]["up"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(None, "model")
     np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_attention_skipping_causally_masked_blocks_changes_nothing():
+    # 10 query slots in blocks of 4 (the last one short), padding and two packed segments
+    from r1jax.model.attention import attention_mask, grouped_attention
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(2, 10, 4, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(2, 2, 10, 8)), jnp.float32) for _ in range(2))
+    segments = jnp.asarray([[1] * 6 + [2] * 4, [0, 0] + [1] * 8])
+    allowed = attention_mask(segments != 0, jnp.int32(0), 10, segments)
+
+    def run(block):
+        return lambda q, k, v: grouped_attention(q, k, v, allowed, 0.3, block)
+
+    real = np.asarray(segments != 0)  # outputs at padding queries are garbage either way
+    np.testing.assert_allclose(np.asarray(run(4)(q, k, v))[real], np.asarray(run(None)(q, k, v))[real], atol=1e-6)
+    loss = lambda f: lambda *a: (f(*a) ** 2 * real[:, :, None, None]).sum()  # noqa: E731
+    for a, b in zip(jax.grad(loss(run(4)), (0, 1, 2))(q, k, v), jax.grad(loss(run(None)), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(a, b, atol=1e-5)

@@ -29,6 +29,7 @@ from r1jax.model.layers import Dense, RMSNorm, constrain
 from r1jax.model.rope import apply_rope, rope_frequencies
 
 _MASKED = -1e30  # finite, so a query with no visible key gets a uniform (ignored) row, not NaN
+_CAUSAL_BLOCK = 256  # query rows per block when fully masked score blocks are skipped (no cache)
 
 
 @flax.struct.dataclass
@@ -51,8 +52,21 @@ def attention_mask(valid_BxS: jax.Array, index: jax.Array, length: int,
 
 
 def grouped_attention(q_BxLxHxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax.Array, allowed_BxLxS: jax.Array,
-                      scale: float) -> jax.Array:
-    """softmax(q·kᵀ·scale, allowed keys only)·v per query head; scores and softmax in f32; out B×L×H×D."""
+                      scale: float, causal_block: int | None = None) -> jax.Array:
+    """softmax(q·kᵀ·scale, allowed keys only)·v per query head; scores and softmax in f32; out B×L×H×D.
+
+    `causal_block` (queries and keys on the same slots, as without a cache): queries go
+    in blocks of that many, each against the keys up to its last slot only, skipping
+    score blocks that causality masks whole (about half of them for long rows).
+    """
+    length = q_BxLxHxD.shape[1]
+    if causal_block is not None and length > causal_block:
+        outs = []
+        for start in range(0, length, causal_block):
+            end = min(start + causal_block, length)
+            outs.append(grouped_attention(q_BxLxHxD[:, start:end], k_BxKxSxD[:, :, :end], v_BxKxSxD[:, :, :end],
+                                          allowed_BxLxS[:, start:end, :end], scale))
+        return jnp.concatenate(outs, axis=1)
     batch, length, heads, dim = q_BxLxHxD.shape
     kv_heads = k_BxKxSxD.shape[1]
     groups = heads // kv_heads
@@ -162,8 +176,10 @@ class Attention(nn.Module):
             v_BxKxSxD = constrain(v_BxKxSxD, "batch", "kv_heads", "cache_length", "head_dim")
             cache = KVCache(k_BxKxSxD, v_BxKxSxD)
 
+        # without a cache, query l sits on slot l: whole blocks of later keys can be skipped
         out_BxLxHxD = constrain(grouped_attention(q_BxLxHxD, k_BxKxSxD.astype(cfg.dtype), v_BxKxSxD.astype(cfg.dtype),
-                                                  allowed_BxLxS, cfg.head_dim ** -0.5),
+                                                  allowed_BxLxS, cfg.head_dim ** -0.5,
+                                                  _CAUSAL_BLOCK if cache is None else None),
                                 "batch", "length", "heads", "head_dim")
         out_BxLxE = Dense(cfg, (cfg.embed_dim,), ("heads", "head_dim", "embed"), num_in=2, use_bias=cfg.out_bias,
                           name="o")(out_BxLxHxD)

@@ -64,7 +64,7 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 # Logical names of decode-cache leaves, by field name (see r1jax.model Cache, KVCache, MLACache).
 CACHE_AXES = {
-    "k_BxKxSxD": ("batch", "kv_heads", "cache_length", "head_dim"),
+    "k_BxKxDxS": ("batch", "kv_heads", "head_dim", "cache_length"),
     "v_BxKxSxD": ("batch", "kv_heads", "cache_length", "head_dim"),
     "latent_BxSxC": ("batch", "cache_length", "kv_lora"),
     "k_rope_BxSxR": ("batch", "cache_length", "head_dim"),

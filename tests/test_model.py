@@ -207,7 +207,7 @@ def test_mixed_precision_keeps_params_and_cache_dtypes_and_f32_logits(params):
     p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
     t, pos, mask = tokens(3, WIDTH, seed=11), arange_positions(3, WIDTH), np.ones((3, WIDTH), bool)
     logits, cache = run(cfg)(p16, t, pos, mask, init_cache(cfg, 3, WIDTH))
-    assert logits.dtype == jnp.float32 and cache.layers[0].k_BxKxSxD.dtype == jnp.bfloat16
+    assert logits.dtype == jnp.float32 and cache.layers[0].k_BxKxDxS.dtype == jnp.bfloat16
     # bf16 compute on the f32 params stays near the f32 result
     logits16 = forward(params, t, cfg=dataclasses.replace(CFG, dtype="bfloat16"))
     logits32 = forward(params, t)

@@ -105,7 +105,7 @@ def test_optimizer_state_and_caches_follow_the_table():
     placed = sharding.place(state, mesh, DENSE)
     assert placed.params["lm_head"]["kernel"].sharding.spec == P("fsdp", None)
     cache = sharding.cache_shardings(jax.eval_shape(lambda: init_cache(DENSE, 8, 16)), mesh)
-    assert cache.layers[0].k_BxKxSxD.spec == P(("data", "fsdp"), None, None, None)
+    assert cache.layers[0].k_BxKxDxS.spec == P(("data", "fsdp"), None, None, None)
     assert cache.valid_BxS.spec == P(("data", "fsdp"), None) and cache.index.spec == P()
 
 

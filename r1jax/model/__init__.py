@@ -22,7 +22,7 @@ after i's slot (causal), whatever the positions say.
 
 Cache (`init_cache(cfg, batch, max_len, dtype=None)`, a flax.struct.dataclass):
   layers     per layer, the pytree its attention class owns; for GQA a `KVCache`
-             with k_BxKxSxD, v_BxKxSxD (RoPE already applied), S = max_len.
+             with k_BxKxDxS (keys stored transposed), v_BxKxSxD (RoPE already applied), S = max_len.
   valid_BxS  bool: slot holds a real token.
   index      int32 scalar: next slot to write, the same for every row.
 A call with a cache writes its L tokens into slots [index, index + L) of every
@@ -46,7 +46,8 @@ Logical axis names: params are created boxed (`nn.Partitioned`) with names
 ('embed', 'vocab'), and for MoE/MLA ('expert', 'embed', 'mlp') on stacked expert
 weights, ('embed', 'expert') on the router, ('embed', 'q_lora' | 'kv_lora'); activations
 are constrained with ('batch', 'length', 'embed' | 'heads' | 'kv_heads' | 'mlp' |
-'vocab'), cache keys with ('batch', 'kv_heads', 'cache_length', 'head_dim') (MLA:
+'vocab'), cache values with ('batch', 'kv_heads', 'cache_length', 'head_dim'), keys with
+('batch', 'kv_heads', 'head_dim', 'cache_length') (MLA:
 'kv_lora' latents). Without a mesh (jax.set_mesh) these are no-ops; r1jax.sharding maps them. `apply`
 accepts boxed or plain params; `init_params` returns plain arrays and
 `param_logical_axes(cfg)` the matching PartitionSpec tree of names.

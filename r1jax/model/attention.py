@@ -4,11 +4,14 @@ Shape legend: B batch, L new tokens, S key slots (L without a cache, the cache
 length with one), E embed_dim, H query heads, K kv heads, G = H/K query heads
 per kv head, D head_dim, Q = G·L query rows per kv head.
 
-Layout: the cache is kv-head-major (B, K, S, D) and queries are grouped as
-(B, K, G·L, D), so both attention matmuls are plain batched matmuls over (B, K)
-with one contracting axis, in the forward and the backward pass: no transposed
-copy of the cache per decode step, and no transposed copy of the [.., L, S]
-scores in training (XLA:CPU copies an operand whose contracting axes are split).
+Layout: queries are grouped as (B, K, G·L, D), so both attention matmuls are
+plain batched matmuls over (B, K) with one contracting axis, in the forward and
+the backward pass: no transposed copy of the [.., L, S] scores in training
+(XLA:CPU copies an operand whose contracting axes are split). The cache is
+kv-head-major with the keys stored transposed, keys (B, K, D, S) and values
+(B, K, S, D): a decode step's q·kᵀ then reads each key row along S, contiguous
+in memory; with keys as (B, K, S, D) that matmul streamed the cache at half the
+machine's memory bandwidth (decode at batch 64 spends most of a step there).
 
 An attention class owns its cache: `init_cache(cfg, batch, max_len, dtype)`
 returns the per-layer pytree that `__call__` reads and returns, so a latent
@@ -34,9 +37,9 @@ _CAUSAL_BLOCK = 256  # query rows per block when fully masked score blocks are s
 
 @flax.struct.dataclass
 class KVCache:
-    """One layer's RoPE'd keys and values by kv head and slot."""
+    """One layer's RoPE'd keys (transposed: slot last) and values, by kv head."""
 
-    k_BxKxSxD: jax.Array
+    k_BxKxDxS: jax.Array
     v_BxKxSxD: jax.Array
 
 
@@ -67,28 +70,52 @@ def grouped_attention(q_BxLxHxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax
             outs.append(grouped_attention(q_BxLxHxD[:, start:end], k_BxKxSxD[:, :, :end], v_BxKxSxD[:, :, :end],
                                           allowed_BxLxS[:, start:end, :end], scale))
         return jnp.concatenate(outs, axis=1)
+    q_BxKxQxD = _group_queries(q_BxLxHxD, k_BxKxSxD.shape[1])
+    return _ungroup_queries(_attend(q_BxKxQxD, k_BxKxSxD, v_BxKxSxD, allowed_BxLxS, scale), length)
+
+
+def cached_attention(q_BxLxHxD: jax.Array, k_BxKxDxS: jax.Array, v_BxKxSxD: jax.Array,
+                     allowed_BxLxS: jax.Array, scale: float) -> jax.Array:
+    """grouped_attention against a cache whose keys are stored transposed (slot last)."""
     batch, length, heads, dim = q_BxLxHxD.shape
-    kv_heads = k_BxKxSxD.shape[1]
-    groups = heads // kv_heads
-    q_BxKxQxD = (q_BxLxHxD.reshape(batch, length, kv_heads, groups, dim).transpose(0, 2, 3, 1, 4)
-                 .reshape(batch, kv_heads, groups * length, dim))
-    out_BxKxQxD = _attend(q_BxKxQxD, k_BxKxSxD, v_BxKxSxD, allowed_BxLxS, scale)
-    return (out_BxKxQxD.reshape(batch, kv_heads, groups, length, dim).transpose(0, 3, 1, 2, 4)
-            .reshape(batch, length, heads, dim))
+    kv_heads = k_BxKxDxS.shape[1]
+    q_BxKxQxD = _group_queries(q_BxLxHxD, kv_heads)
+    logits_BxKxQxS = jnp.einsum("bkqd,bkds->bkqs", q_BxKxQxD, k_BxKxDxS, preferred_element_type=jnp.float32)
+    probs_BxKxQxS = _softmax_allowed(logits_BxKxQxS * scale, allowed_BxLxS)
+    out_BxKxQxD = jnp.einsum("bkqs,bksd->bkqd", probs_BxKxQxS.astype(q_BxKxQxD.dtype), v_BxKxSxD)
+    return _ungroup_queries(out_BxKxQxD, length)
+
+
+def _group_queries(q_BxLxHxD: jax.Array, kv_heads: int) -> jax.Array:
+    """q_BxKxQxD: the G query heads of each kv head, by head then position (Q = G·L)."""
+    batch, length, heads, dim = q_BxLxHxD.shape
+    return (q_BxLxHxD.reshape(batch, length, kv_heads, heads // kv_heads, dim).transpose(0, 2, 3, 1, 4)
+            .reshape(batch, kv_heads, heads // kv_heads * length, dim))
+
+
+def _ungroup_queries(out_BxKxQxD: jax.Array, length: int) -> jax.Array:
+    batch, kv_heads, rows, dim = out_BxKxQxD.shape
+    return (out_BxKxQxD.reshape(batch, kv_heads, rows // length, length, dim).transpose(0, 3, 1, 2, 4)
+            .reshape(batch, length, kv_heads * (rows // length), dim))
 
 
 def _allowed_5d(allowed_BxLxS: jax.Array) -> jax.Array:
     return allowed_BxLxS[:, None, None]  # [B, 1, 1, L, S]: the same keys for every kv head and group
 
 
-def _probs(q_BxKxQxD, k_BxKxSxD, allowed_BxLxS, scale) -> jax.Array:
-    """probs_BxKxQxS in f32: softmax over the allowed slots of the scaled scores."""
-    batch, kv_heads, rows, _ = q_BxKxQxD.shape
-    length, slots = allowed_BxLxS.shape[1:]
-    logits_BxKxQxS = jnp.einsum("bkqd,bksd->bkqs", q_BxKxQxD, k_BxKxSxD, preferred_element_type=jnp.float32) * scale
+def _softmax_allowed(logits_BxKxQxS: jax.Array, allowed_BxLxS: jax.Array) -> jax.Array:
+    """Softmax over the allowed slots of each query row's scaled scores."""
+    batch, kv_heads, rows, slots = logits_BxKxQxS.shape
+    length = allowed_BxLxS.shape[1]
     logits_BxKxGxLxS = jnp.where(_allowed_5d(allowed_BxLxS),
                                  logits_BxKxQxS.reshape(batch, kv_heads, rows // length, length, slots), _MASKED)
     return jax.nn.softmax(logits_BxKxGxLxS, axis=-1).reshape(logits_BxKxQxS.shape)
+
+
+def _probs(q_BxKxQxD, k_BxKxSxD, allowed_BxLxS, scale) -> jax.Array:
+    """probs_BxKxQxS in f32: softmax over the allowed slots of the scaled scores."""
+    logits_BxKxQxS = jnp.einsum("bkqd,bksd->bkqs", q_BxKxQxD, k_BxKxSxD, preferred_element_type=jnp.float32) * scale
+    return _softmax_allowed(logits_BxKxQxS, allowed_BxLxS)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -137,9 +164,9 @@ class Attention(nn.Module):
 
     @staticmethod
     def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: jnp.dtype) -> KVCache:
-        """Zeroed keys and values for `max_len` slots."""
+        """Zeroed keys (B, K, D, max_len) and values (B, K, max_len, D)."""
         shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        return KVCache(jnp.zeros((batch, cfg.num_kv_heads, cfg.head_dim, max_len), dtype), jnp.zeros(shape, dtype))
 
     @nn.compact
     def __call__(self, x_BxLxE: jax.Array, positions_BxL: jax.Array, allowed_BxLxS: jax.Array,
@@ -165,22 +192,23 @@ class Attention(nn.Module):
                               "batch", "length", "kv_heads", "head_dim")
         v_BxLxKxD = constrain(v_BxLxKxD, "batch", "length", "kv_heads", "head_dim")
 
-        k_BxKxLxD, v_BxKxLxD = k_BxLxKxD.transpose(0, 2, 1, 3), v_BxLxKxD.transpose(0, 2, 1, 3)
+        v_BxKxLxD = v_BxLxKxD.transpose(0, 2, 1, 3)
+        scale = cfg.head_dim ** -0.5
         if cache is None:
-            k_BxKxSxD, v_BxKxSxD = k_BxKxLxD, v_BxKxLxD
+            # query l sits on slot l: whole blocks of later keys can be skipped
+            out_BxLxHxD = grouped_attention(q_BxLxHxD, k_BxLxKxD.transpose(0, 2, 1, 3), v_BxKxLxD, allowed_BxLxS,
+                                            scale, _CAUSAL_BLOCK)
         else:
-            start = (jnp.int32(0), jnp.int32(0), index, jnp.int32(0))
-            k_BxKxSxD = jax.lax.dynamic_update_slice(cache.k_BxKxSxD, k_BxKxLxD.astype(cache.k_BxKxSxD.dtype), start)
-            v_BxKxSxD = jax.lax.dynamic_update_slice(cache.v_BxKxSxD, v_BxKxLxD.astype(cache.v_BxKxSxD.dtype), start)
-            k_BxKxSxD = constrain(k_BxKxSxD, "batch", "kv_heads", "cache_length", "head_dim")
-            v_BxKxSxD = constrain(v_BxKxSxD, "batch", "kv_heads", "cache_length", "head_dim")
-            cache = KVCache(k_BxKxSxD, v_BxKxSxD)
-
-        # without a cache, query l sits on slot l: whole blocks of later keys can be skipped
-        out_BxLxHxD = constrain(grouped_attention(q_BxLxHxD, k_BxKxSxD.astype(cfg.dtype), v_BxKxSxD.astype(cfg.dtype),
-                                                  allowed_BxLxS, cfg.head_dim ** -0.5,
-                                                  _CAUSAL_BLOCK if cache is None else None),
-                                "batch", "length", "heads", "head_dim")
+            k_BxKxDxS = jax.lax.dynamic_update_slice(
+                cache.k_BxKxDxS, k_BxLxKxD.transpose(0, 2, 3, 1).astype(cache.k_BxKxDxS.dtype),
+                (jnp.int32(0), jnp.int32(0), jnp.int32(0), index))
+            v_BxKxSxD = jax.lax.dynamic_update_slice(cache.v_BxKxSxD, v_BxKxLxD.astype(cache.v_BxKxSxD.dtype),
+                                                     (jnp.int32(0), jnp.int32(0), index, jnp.int32(0)))
+            cache = KVCache(constrain(k_BxKxDxS, "batch", "kv_heads", "head_dim", "cache_length"),
+                            constrain(v_BxKxSxD, "batch", "kv_heads", "cache_length", "head_dim"))
+            out_BxLxHxD = cached_attention(q_BxLxHxD, cache.k_BxKxDxS.astype(cfg.dtype),
+                                           cache.v_BxKxSxD.astype(cfg.dtype), allowed_BxLxS, scale)
+        out_BxLxHxD = constrain(out_BxLxHxD, "batch", "length", "heads", "head_dim")
         out_BxLxE = Dense(cfg, (cfg.embed_dim,), ("heads", "head_dim", "embed"), num_in=2, use_bias=cfg.out_bias,
                           name="o")(out_BxLxHxD)
         return out_BxLxE, cache

@@ -10,7 +10,8 @@ compare the two on one machine: the f32 matmul peak, a training step (AdamW) and
 generation (greedy B=64, B=16; sampled B=64). Model M: Qwen2 f32, vocab 32000, hidden 512,
 8 layers, 8 heads / 4 KV heads (head_dim 64), MLP 2048, QKV bias, untied head, random init.
 Model FLOPs follow bench.py: 6*N*T + 12*L*S*d_attn*T, N = all parameters but the input embedding.
-Each time is the best of --repeats runs after one warm-up run.
+Each time is the best of --repeats runs after one warm-up run. Run it on an idle machine: torch's
+OpenMP threads (one per CPU) slow down many-fold when another process shares the cores.
 """
 from __future__ import annotations
 
@@ -103,6 +104,8 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count())
     load_start = os.getloadavg()
+    if load_start[0] > 0.5:
+        print(f"warning: load average {load_start[0]:.2f}; timings need an idle machine", file=sys.stderr)
     repeats = 1 if args.quick else args.repeats
     tb, ts, new = (2, 64, 8) if args.quick else (8, 512, 128)
     gen_batches = [4] if args.quick else [64, 16]

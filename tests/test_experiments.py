@@ -48,7 +48,11 @@ def test_r1_recipe_composes_every_stage(tmp_path):
     runner = r1.build(cfg, str(tmp_path))
     names = [p.name for p in runner.phases]
     assert names[:4] == ["tokenizer", "pretrain", "base_eval", "cold_start"] and "rejection_sampling" in names
-    assert names[-1] == "final_eval"
+    assert names[-1] == "final_eval" and not any(n.startswith(("snapshot", "restore")) for n in names)
+    from_base = [p.name for p in r1.build(apply_overrides(cfg, ["sft_from_base=true"]), str(tmp_path / "fb")).phases]
+    # the paper's order: keep the pretrained base, and SFT on the rejection-sampled traces starts from it
+    assert from_base.index("snapshot_base") == from_base.index("pretrain") + 1
+    assert from_base.index("restore_base") == from_base.index("rejection_sampling") + 1 == from_base.index("sft") - 1
     import pytest
 
     with pytest.raises(StopRun):

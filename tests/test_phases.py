@@ -119,3 +119,50 @@ def test_mismatched_phases_on_resume_are_an_error(reference, tmp_path):
     phases[1] = SFTPhase("other", _pairs, steps=7, batch_size=4, seq_len=256)
     with pytest.raises(ValueError, match="phase 'sft'"):
         Runner(str(tmp_path), CFG, phases, seed=3, checkpoint_every=3).run()
+
+
+def _snapshot_phases():
+    from r1jax.phases import RestorePhase, SnapshotPhase
+
+    sft = dict(batch_size=4, seq_len=256, log_every=1, optimizer=OptimizerConfig(learning_rate=3e-3))
+    return [TokenizerPhase(texts=lambda ctx: [a + b for a, b in _pairs(ctx)], vocab_size=300),
+            SFTPhase("sft", _pairs, steps=2, **sft), SnapshotPhase("base"),
+            SFTPhase("sft2", _pairs, steps=2, **sft), RestorePhase("base"),
+            EvalPhase("eval", lambda ctx: _problems(ctx, "test", 2), TEMPLATE, max_new_tokens=4, k=1)]
+
+
+def test_restore_phase_brings_back_the_snapshot_params_across_a_resume(tmp_path):
+    import jax
+
+    from r1jax.phases import RestorePhase, SnapshotPhase, snapshot_dir
+
+    class Record:  # the params right after sft, seen through a phase that only looks
+        name, seen = "record", []
+
+        def state_template(self, ctx):
+            return {}
+
+        def run(self, ctx, state, cursor):
+            Record.seen.append(jax.tree.map(np.asarray, ctx.params))
+
+    phases = _snapshot_phases()
+    phases.insert(2, Record())
+    later = type("RecordLater", (Record,), {"name": "record_later"})()
+    phases.insert(5, later)  # after sft2
+    with pytest.raises(StopRun):  # killed inside sft2, after the snapshot
+        Runner(str(tmp_path), CFG, phases, seed=1, checkpoint_every=1).run(stop_at_step=3)
+    assert (tmp_path / "snapshots" / "base").is_dir() and snapshot_dir(str(tmp_path), "base").endswith("base")
+    ctx = Runner(str(tmp_path), CFG, phases, seed=1, checkpoint_every=1).run()
+    after_sft, after_sft2 = Record.seen
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(after_sft), jax.tree.leaves(after_sft2)))
+    restored = jax.tree.map(np.asarray, ctx.params)
+    for a, b in zip(jax.tree.leaves(after_sft), jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(a, b)  # sft2's updates are gone
+    assert ctx.results["restore_base"]["from_global_step"] == 2 and "eval" in ctx.results
+
+    with pytest.raises(FileNotFoundError, match="SnapshotPhase\\('other'\\) must run earlier"):
+        Runner(str(tmp_path / "b"), CFG, [_snapshot_phases()[0], RestorePhase("other")]).run()
+    with pytest.raises(ValueError, match="no params to snapshot"):
+        Runner(str(tmp_path / "c"), CFG, [_snapshot_phases()[0], SnapshotPhase("x")]).run()
+    with pytest.raises(ValueError, match="without"):
+        SnapshotPhase("a/b")

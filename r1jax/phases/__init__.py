@@ -1,9 +1,10 @@
 """Phases of the DeepSeek-R1 recipe and the runner that executes a list of them with checkpoints."""
-from r1jax.phases.init_phases import InitFromPhase, load_source, source_model_config
+from r1jax.phases.init_phases import (InitFromPhase, RestorePhase, SnapshotPhase, load_source, snapshot_dir,
+                                      source_model_config)
 from r1jax.phases.runner import Phase, RunContext, Runner, StopRun
 from r1jax.phases.sample_phases import EvalPhase, RejectionSamplingPhase, keep_trace, read_sft_jsonl
 from r1jax.phases.train_phases import RLPhase, SFTPhase, TokenizerPhase, problem_stream
 
-__all__ = ["EvalPhase", "InitFromPhase", "Phase", "RLPhase", "RejectionSamplingPhase", "RunContext", "Runner",
-           "SFTPhase", "StopRun", "TokenizerPhase", "keep_trace", "load_source", "problem_stream", "read_sft_jsonl",
-           "source_model_config"]
+__all__ = ["EvalPhase", "InitFromPhase", "Phase", "RLPhase", "RejectionSamplingPhase", "RestorePhase", "RunContext",
+           "Runner", "SFTPhase", "SnapshotPhase", "StopRun", "TokenizerPhase", "keep_trace", "load_source",
+           "problem_stream", "read_sft_jsonl", "snapshot_dir", "source_model_config"]

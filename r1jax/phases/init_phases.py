@@ -134,3 +134,76 @@ class InitFromPhase:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing: {self.source} is not a finished r1jax run")
         shutil.copyfile(path, ctx.tokenizer_path)
+
+
+def snapshot_dir(workdir: str, tag: str) -> str:
+    """Where SnapshotPhase(tag) keeps its params inside a run's workdir."""
+    return os.path.join(workdir, "snapshots", tag)
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotPhase:
+    """Keep a copy of the current params under `workdir/snapshots/<tag>` for a later RestorePhase.
+
+    Written as an orbax checkpoint (committed by rename); running it again after a
+    resume rewrites the same params.
+    """
+
+    tag: str
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.tag or os.sep in self.tag:
+            raise ValueError(f"snapshot tag {self.tag!r} must be a non-empty name without {os.sep!r}")
+        if not self.name:
+            object.__setattr__(self, "name", f"snapshot_{self.tag}")
+
+    def state_template(self, ctx: RunContext) -> Any:
+        return {}
+
+    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+        if ctx.params is None:
+            raise ValueError(f"phase {self.name!r}: there are no params to snapshot yet (put it after training)")
+        with Checkpointer(snapshot_dir(ctx.workdir, self.tag), keep_last=1, async_save=False) as ckpt:
+            ckpt.save(0, {"params": ctx.params}, {"model": ctx.model_cfg.to_dict(), "global_step": ctx.global_step},
+                      force=True)
+        ctx.results[self.name] = {"global_step": ctx.global_step}
+
+
+@dataclasses.dataclass(frozen=True)
+class RestorePhase:
+    """Replace the current params with those SnapshotPhase(tag) kept earlier in the same run.
+
+    DeepSeek-R1 §2.3.3: the rejection-sampled SFT starts again from the base model,
+    not from the RL policy that produced the data.
+    """
+
+    tag: str
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.name:
+            object.__setattr__(self, "name", f"restore_{self.tag}")
+
+    def state_template(self, ctx: RunContext) -> Any:
+        return {}
+
+    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+        from r1jax import sharding
+        from r1jax.phases.runner import abstract_params
+
+        directory = snapshot_dir(ctx.workdir, self.tag)
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"phase {self.name!r}: no snapshot {self.tag!r} in {ctx.workdir} "
+                                    f"(a SnapshotPhase({self.tag!r}) must run earlier in this run)")
+        with Checkpointer(directory) as ckpt:
+            if ckpt.latest_step() is None:
+                raise FileNotFoundError(f"phase {self.name!r}: {directory} holds no committed snapshot")
+            diff = _config_differences(ModelConfig.from_dict(ckpt.read_meta()["model"]), ctx.model_cfg)
+            if diff:
+                raise ValueError(f"phase {self.name!r}: snapshot {self.tag!r} is of another model: {'; '.join(diff)}")
+            target = sharding.abstract_with_shardings({"params": abstract_params(ctx.model_cfg)}, ctx.mesh,
+                                                      ctx.model_cfg)
+            saved, meta = ckpt.restore(target=target)
+        ctx.params = saved["params"]
+        ctx.results[self.name] = {"from_global_step": meta["global_step"]}

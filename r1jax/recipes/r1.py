@@ -7,8 +7,9 @@ pretraining on synthetic arithmetic), then:
   2. reasoning RL: GRPO with accuracy + format + language-consistency rewards;
   3. rejection sampling: k samples per training problem from the RL policy, keeping
      correct, well-formed, single-language traces without code blocks (JSONL in the workdir);
-  4. SFT on the kept traces (the paper restarts from the base; here it continues
-     from the RL policy, stated as a deviation);
+  4. SFT on the kept traces: from the RL policy by default, or, with
+     `sft_from_base=True`, from the base model as the paper does (a snapshot of the
+     pretrained params is kept in the workdir and restored before this SFT);
   5. RL for all scenarios at temperature 0.7;
 and evaluates held-out pass@1 / cons@k after every stage.
 """
@@ -39,6 +40,7 @@ class R1Config:
     sft2_steps: int = 60
     rl2_steps: int = 20
     rl2_temperature: float = 0.7
+    sft_from_base: bool = False  # the paper's stage-3 SFT restarts from the base; False continues from RL
 
 
 PRESETS: dict[str, R1Config] = {"tiny": R1Config()}
@@ -46,7 +48,8 @@ PRESETS: dict[str, R1Config] = {"tiny": R1Config()}
 
 def build(cfg: R1Config, workdir: str, **runner_kwargs):
     """The R1 Runner: base → cold start → reasoning RL → rejection sampling → SFT → RL, evaluated after each."""
-    from r1jax.phases import EvalPhase, RejectionSamplingPhase, RLPhase, Runner, SFTPhase, read_sft_jsonl
+    from r1jax.phases import (EvalPhase, RejectionSamplingPhase, RestorePhase, RLPhase, Runner, SFTPhase,
+                              SnapshotPhase, read_sft_jsonl)
     from r1jax.rewards import WeightedReward, accuracy_reward, format_reward, language_reward
 
     b = cfg.base
@@ -61,6 +64,8 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
     rs = RejectionSamplingPhase("rejection_sampling", lambda ctx: train[:cfg.rs_problems], R1_ZERO,
                                 max_new_tokens=b.grpo.max_new_tokens, k=cfg.rs_k)
     sft = dict(batch_size=b.pretrain_batch, seq_len=b.seq_len, optimizer=cfg.cold_start_optimizer)
+    if cfg.sft_from_base:
+        phases.append(SnapshotPhase("base"))
     phases += [
         EvalPhase("base_eval", lambda ctx: test, **ev),
         SFTPhase("cold_start", lambda ctx: cold, steps=cfg.cold_start_steps, **sft),
@@ -69,6 +74,7 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
                 optimizer=b.rl_optimizer),
         EvalPhase("reasoning_rl_eval", lambda ctx: test, **ev),
         rs,
+        *([RestorePhase("base")] if cfg.sft_from_base else []),
         SFTPhase("sft", lambda ctx: read_sft_jsonl(rs.output_path(ctx)), steps=cfg.sft2_steps, **sft),
         EvalPhase("sft_eval", lambda ctx: test, **ev),
         RLPhase("all_rl", lambda ctx: train, reasoning, R1_ZERO, steps=cfg.rl2_steps,

@@ -1,7 +1,9 @@
 """One process of test_distributed's two-process run; test_distributed imports `run` for the one-process reference.
 
     JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES=4 R1JAX_COORDINATOR=127.0.0.1:PORT R1JAX_NUM_PROCESSES=2 \
-        R1JAX_PROCESS_ID=i python tests/distributed_worker.py OUT_DIR
+        R1JAX_PROCESS_ID=i python tests/distributed_worker.py OUT_DIR [grpo]
+
+With `grpo`, the processes run two GRPO steps instead (OUT_DIR holds tokenizer.model).
 """
 import functools
 import json
@@ -53,6 +55,44 @@ def run(mesh_spec: str = MESH) -> dict[str, float]:
             "loss_after": float(after["loss"])}
 
 
+GRPO_MESH = "data=2,fsdp=4"
+
+
+def run_grpo(tokenizer_path: str, mesh_spec: str = GRPO_MESH, steps: int = 2) -> dict[str, float]:
+    """Two GRPO steps (rollout with the sampler, rewards, sharded update) on a tiny dense model."""
+    import jax
+
+    from r1jax import sharding
+    from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+    from r1jax.data import Problem, PromptTemplate
+    from r1jax.model import init_params
+    from r1jax.rewards import WeightedReward
+    from r1jax.rl.loop import GRPOTrainer
+    from r1jax.tokenizer import Tokenizer
+
+    def share_of_a(prompts, completions, **_):
+        return [c.count("a") / max(len(c), 1) for c in completions]
+
+    tok = Tokenizer.load(tokenizer_path)
+    cfg = ModelConfig.tiny(vocab_size=tok.vocab_size)
+    params = jax.tree.map(np.asarray, init_params(cfg, jax.random.key(0)))  # the same host params everywhere
+    gcfg = GRPOConfig(group_size=4, prompts_per_step=4, max_new_tokens=8, kl_beta=0.01, logprob_chunk=8,
+                      num_minibatches=2)
+    mesh = sharding.make_mesh(mesh_spec)
+    problems = [Problem(id=f"p{i}", task="toy", question=q, answer="a") for i, q in enumerate("abcd")]
+    with sharding.use_mesh(mesh):
+        trainer = GRPOTrainer(cfg, params, tok, gcfg, OptimizerConfig(learning_rate=3e-3),
+                              {"a": WeightedReward(share_of_a, 1.0)}, PromptTemplate("toy", "Say: {prompt}"),
+                              mesh=mesh)
+        out = {}
+        for step in range(steps):
+            m = trainer.step(problems, jax.random.fold_in(jax.random.key(1), step))
+            out |= {f"{k}_{step}": m[k] for k in ("reward/mean", "completion/length_mean", "kl", "grad_norm")}
+        host = sharding.to_host(trainer.state.params)
+    out["param_abs_sum"] = float(sum(np.abs(x).sum() for x in jax.tree.leaves(host)))
+    return out
+
+
 def main(out_dir: str) -> None:
     import jax
 
@@ -63,7 +103,10 @@ def main(out_dir: str) -> None:
     assert launch.kind == "explicit", launch
     assert (jax.process_count(), jax.local_device_count(), jax.device_count()) == (2, 4, 8), (
         jax.process_count(), jax.local_device_count(), jax.device_count())
-    result = {**run(), "main": distributed.is_main_process()}
+    if len(sys.argv) > 2 and sys.argv[2] == "grpo":
+        result = {**run_grpo(os.path.join(out_dir, "tokenizer.model")), "main": distributed.is_main_process()}
+    else:
+        result = {**run(), "main": distributed.is_main_process()}
     with open(os.path.join(out_dir, f"process_{jax.process_index()}.json"), "w") as f:
         json.dump(result, f)
 

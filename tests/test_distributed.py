@@ -21,7 +21,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_of_four_devices_give_the_loss_and_gradient_norm_of_one_process_of_eight(tmp_path):
+def _launch_two(tmp_path, mode: list[str], reference):
+    """Run distributed_worker.py as 2 processes × 4 CPU devices while `reference()` runs here (1 × 8);
+    returns (the reference's result, each process's result)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("R1JAX_", "JAX_", "XLA_"))}
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4", XLA_FLAGS="--xla_force_host_platform_device_count=4",
@@ -34,10 +36,10 @@ def test_two_processes_of_four_devices_give_the_loss_and_gradient_norm_of_one_pr
     try:
         for i, path in enumerate(logs):
             with open(path, "w") as log:  # the child keeps its own copy of the descriptor
-                procs.append(subprocess.Popen([sys.executable, worker, str(tmp_path)], stdout=log,
+                procs.append(subprocess.Popen([sys.executable, worker, str(tmp_path), *mode], stdout=log,
                                               stderr=subprocess.STDOUT, env={**env, "R1JAX_PROCESS_ID": str(i)}))
         deadline = time.monotonic() + TIMEOUT_S
-        want = distributed_worker.run()  # one process, 8 devices, meanwhile
+        want = reference()  # one process, 8 devices, meanwhile
         while any(p.poll() is None for p in procs) and not any(p.returncode for p in procs):
             if time.monotonic() > deadline:
                 pytest.fail(f"workers did not finish in {TIMEOUT_S} s:\n" + _tails(logs))
@@ -51,10 +53,31 @@ def test_two_processes_of_four_devices_give_the_loss_and_gradient_norm_of_one_pr
         pytest.fail(f"worker exit codes {[p.returncode for p in procs]}:\n" + _tails(logs))
     results = [json.loads((tmp_path / f"process_{i}.json").read_text()) for i in range(2)]
     assert [r.pop("main") for r in results] == [True, False]
+    return want, results
+
+
+def test_two_processes_of_four_devices_give_the_loss_and_gradient_norm_of_one_process_of_eight(tmp_path):
+    want, results = _launch_two(tmp_path, [], distributed_worker.run)
     for got in results:
         assert got.keys() == want.keys()
         np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=2e-5, err_msg=str(got))
     assert want["loss_after"] < want["forward_loss"]  # the step did something
+
+
+def test_grpo_steps_in_two_processes_match_one_process(tmp_path):
+    import random
+
+    from r1jax.tokenizer import Tokenizer
+
+    rng = random.Random(0)
+    texts = (" ".join("".join(rng.choices("abcdefgh", k=rng.randint(1, 5))) for _ in range(8)) for _ in range(300))
+    Tokenizer.train(texts, vocab_size=300).save(str(tmp_path / "tokenizer.model"))
+    want, results = _launch_two(tmp_path, ["grpo"],
+                                lambda: distributed_worker.run_grpo(str(tmp_path / "tokenizer.model")))
+    for got in results:  # the same rollouts, rewards and updates: sampling is sharding-invariant
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-4, err_msg=str(got))
+    assert want["grad_norm_0"] > 0 and want["kl_1"] > 0  # the first update moved the policy away from the reference
 
 
 def _tails(paths) -> str:

@@ -5,7 +5,7 @@
 
 
 A restart with the same workdir resumes at the exact phase and step of the last
-committed checkpoint: randomness is a function of (seed, phase index, step) and
+committed checkpoint: randomness is a function of (seed, phase name, step) and
 data order of (seed, epoch), both saved cursors, so a killed-and-resumed run logs
 the same metrics as one left alone. Metrics logged after that checkpoint are
 dropped on resume and logged again. Checkpoints are orbax's (written to a
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from typing import Any, Protocol
 
 import jax
@@ -73,9 +74,14 @@ class RunContext:
     def model(self) -> Transformer:
         return Transformer(self.model_cfg)
 
+    @property
+    def phase_seed(self) -> int:
+        """An int seed of (run seed, phase name): adding or removing other phases leaves it unchanged."""
+        return zlib.crc32(f"{self.seed}/{self.phase_name}".encode()) & 0x7FFFFFFF
+
     def rng(self, step: int = 0) -> jax.Array:
-        """The random key of this phase's `step`: a function of (seed, phase index, step) only."""
-        return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), self.phase_index), step)
+        """The random key of this phase's `step`: a function of (seed, phase name, step) only."""
+        return jax.random.fold_in(jax.random.key(self.phase_seed), step)
 
     def init_params(self) -> Any:
         """Fresh params of the model, created sharded on the mesh (rng of this phase's step 0)."""

@@ -176,10 +176,10 @@ class RLPhase:
             raise ValueError(f"phase {self.name!r} needs a tokenizer and params from earlier phases")
         cursor = cursor or {"step": 0, "problems": 0, "bad_steps": 0}
         problems = list(self.problems(ctx))
-        take = problem_stream(problems, ctx.seed + ctx.phase_index, cursor["problems"])
+        take = problem_stream(problems, ctx.phase_seed, cursor["problems"])
         with RewardPool(self.reward_workers, self.reward_timeout_s) as pool:
             trainer = GRPOTrainer(ctx.model_cfg, ctx.params, ctx.tokenizer, self.grpo, self.optimizer, self.rewards,
-                                  self.template, pool=pool, seed=ctx.seed + ctx.phase_index, mesh=ctx.mesh)
+                                  self.template, pool=pool, seed=ctx.phase_seed, mesh=ctx.mesh)
             if state is not None:
                 trainer.state = state["train"]
                 trainer.ref_params = state["ref"] if self.grpo.kl_beta else None

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, save_summary
 from r1jax.recipes import distill
 
 
@@ -26,9 +26,7 @@ def main(argv=None) -> int:
     distill.check_teacher(cfg)
     workdir = args.workdir or os.path.join("runs", f"distill_{args.preset}")
     table = distill.report(distill.run(cfg, workdir, mesh=args.mesh))
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "summary.md"), "w") as f:
-        f.write(table + "\n")
+    save_summary(workdir, table)
     print(table)
     return 0
 

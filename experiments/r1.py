@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, save_summary
 from r1jax.recipes import r1
 
 
@@ -24,8 +24,7 @@ def main(argv=None) -> int:
     workdir = args.workdir or os.path.join("runs", f"r1_{args.preset}")
     ctx = r1.build(cfg, workdir, mesh=args.mesh).run()
     table = r1.report(ctx)
-    with open(os.path.join(workdir, "summary.md"), "w") as f:
-        f.write(table + "\n")
+    save_summary(workdir, table)
     print(table)
     return 0
 

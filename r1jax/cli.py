@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from typing import Any
@@ -92,3 +93,12 @@ def parse_and_launch(parser: argparse.ArgumentParser, argv: list[str] | None = N
 
     distributed.initialize()
     return args
+
+
+def save_summary(workdir: str, markdown: str) -> str:
+    """Write a run's result table to `workdir/summary.md` (replacing it); returns the path."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "summary.md")
+    with open(path, "w") as f:
+        f.write(markdown.rstrip("\n") + "\n")
+    return path

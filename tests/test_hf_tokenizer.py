@@ -4,7 +4,6 @@ import json
 import jax
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from r1jax.config import ModelConfig
 from r1jax.data import ArithmeticConfig, PromptTemplate, generate_arithmetic
@@ -13,22 +12,16 @@ from r1jax.hf_tokenizer import HFTokenizer
 from r1jax.model import init_params
 from r1jax.tokenizer import TokenizerError
 
-SPECIALS = ["<|endoftext|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>"]
+from bpe_tokenizer import write_bpe_tokenizer
+
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A byte-level BPE tokenizer.json like Qwen2.5's, trained here offline, plus its config."""
     path = tmp_path_factory.mktemp("hf_tok")
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    raw.train_from_iterator([f"Compute {i} + {i + 1}. The answer is {2 * i + 1}.\n" for i in range(200)], trainer)
-    raw.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": "<|im_end|>", "pad_token": {"content": "<|endoftext|>"}, "bos_token": None}))
+    write_bpe_tokenizer(path, [f"Compute {i} + {i + 1}. The answer is {2 * i + 1}.\n" for i in range(200)], 320,
+                        {"eos_token": "<|im_end|>", "pad_token": {"content": "<|endoftext|>"}, "bos_token": None})
     return path
 
 

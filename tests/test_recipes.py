@@ -7,7 +7,6 @@ import random
 import jax
 import numpy as np
 import pytest
-from tokenizers import Tokenizer as RawTokenizer, decoders, models, pre_tokenizers, trainers
 
 from r1jax.config import GRPOConfig, ModelConfig
 from r1jax.data import R1_ZERO, ArithmeticConfig, generate_arithmetic, worked_solution
@@ -18,24 +17,19 @@ from r1jax.model import init_params
 from r1jax.phases import InitFromPhase, Runner, StopRun, source_model_config
 from r1jax.recipes import distill, r1_zero
 
+from bpe_tokenizer import write_bpe_tokenizer
+
 GSM8K = pathlib.Path(__file__).parent / "fixtures" / "eval" / "gsm8k_tiny.jsonl"
 GRPO = GRPOConfig(group_size=2, prompts_per_step=2, max_new_tokens=8, logprob_chunk=8, kl_beta=0.0)
-SPECIALS = ["<|endoftext|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>"]
 
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     """A Qwen2-layout folder written by save_hf, with a byte-level BPE tokenizer.json of the same vocabulary."""
     path = tmp_path_factory.mktemp("hf_model")
-    raw = RawTokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    raw.train_from_iterator([json.loads(line)["question"] for line in GSM8K.read_text().splitlines() if line.strip()] * 3, trainer)
-    raw.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
-    cfg = ModelConfig(vocab_size=raw.get_vocab_size(), embed_dim=32, num_layers=2, num_heads=2, num_kv_heads=1,
+    questions = [json.loads(line)["question"] for line in GSM8K.read_text().splitlines() if line.strip()]
+    vocab = write_bpe_tokenizer(path, questions * 3, 384, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    cfg = ModelConfig(vocab_size=vocab, embed_dim=32, num_layers=2, num_heads=2, num_kv_heads=1,
                       head_dim=16, mlp_dim=64, max_len=256, qkv_bias=True)
     save_hf(path, cfg, init_params(cfg, jax.random.key(3)))
     return path

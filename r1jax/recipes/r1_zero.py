@@ -170,6 +170,7 @@ def before_after_table(before: dict, after: dict, columns: tuple[str, str] = ("b
 
 def report(ctx, workdir: str) -> str:
     """Before/after table (markdown, also in summary.md) and PNG plots of the run's curves."""
+    from r1jax.cli import save_summary
     from r1jax.metrics import plot_metrics
 
     table = before_after_table(ctx.results.get("base_eval", {}), ctx.results.get("final_eval", {}))
@@ -177,6 +178,5 @@ def report(ctx, workdir: str) -> str:
     plot_metrics(os.path.join(workdir, "metrics.jsonl"),
                  ["rl/reward/mean", "rl/reward/accuracy", "rl/reward/format", "rl/eval/pass@1", "rl/eval/format",
                   "rl/completion/length_mean"], plot)
-    with open(os.path.join(workdir, "summary.md"), "w") as f:
-        f.write(table + f"\n\n![curves]({os.path.basename(plot)})\n")
+    save_summary(workdir, table + f"\n\n![curves]({os.path.basename(plot)})")
     return table + f"\n\nplots: {plot}"

@@ -63,6 +63,10 @@ class RopeScaling:
             raise ValueError(f"RopeScaling.attention_factor={self.attention_factor} must be > 0")
 
 
+REMAT_POLICIES = ("none", "full", "dots")
+ATTENTION_KERNELS = ("auto", "blockwise", "dense", "cudnn", "splash")
+# how a model runs, not what it computes: a checkpoint or HF folder loads under any of these
+EXECUTION_FIELDS = ("param_dtype", "dtype", "remat", "scan_layers", "attention", "attention_block")
 ROUTERS = ("sigmoid", "softmax")
 MOE_DISPATCH = ("auto", "ragged_dot", "blocked")
 MOE_EXPERT_PARALLEL = ("ring", "all_to_all", "none")
@@ -176,7 +180,15 @@ class ModelConfig:
     and activations (softmax, norms and logits are f32 regardless); both accept a
     string or a jnp dtype and are stored as the dtype's name. `max_len` is the
     longest position the checkpoint was built for (HF max_position_embeddings);
-    nothing is allocated from it. `remat` recomputes each block in the backward pass.
+    nothing is allocated from it. `remat` is what each block keeps for the backward pass:
+    'none' (everything), 'full' (only its input; the block is recomputed) or 'dots' (the matmul
+    outputs without batch dims, jax.checkpoint_policies.dots_with_no_batch_dims_saveable); True and
+    False read as 'full' and 'none'. `scan_layers` runs each run of identical consecutive blocks as
+    one `nn.scan` (params stacked on a leading 'layers' axis), so compile time does not grow with
+    depth; `r1jax.model.stack_layers` / `unstack_layers` convert between the layouts. `attention`
+    picks the kernel of cache-free calls and prefill: 'auto' (cuDNN on GPU, splash on TPU,
+    blockwise elsewhere), 'blockwise' (portable online-softmax blocks of `attention_block` slots,
+    memory linear in length), 'dense' (the [L, S] scores whole), 'cudnn' or 'splash'.
     `qk_norm` RMS-normalizes each query and key head before RoPE (Qwen3). `moe`
     makes feed-forward layers mixtures of experts, `mla` makes every attention
     layer multi-head latent attention (which ignores num_kv_heads and head_dim).
@@ -198,14 +210,25 @@ class ModelConfig:
     max_len: int = 4096
     param_dtype: str = "float32"
     dtype: str = "float32"
-    remat: bool = False
+    remat: str = "none"
     qk_norm: bool = False
     moe: MoEConfig | None = None
     mla: MLAConfig | None = None
+    scan_layers: bool = False
+    attention: str = "auto"
+    attention_block: int = 512
 
     def __post_init__(self):
+        if isinstance(self.remat, bool) or self.remat in ("true", "false"):
+            object.__setattr__(self, "remat", "full" if self.remat in (True, "true") else "none")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat={self.remat!r} must be one of {REMAT_POLICIES} (or a bool)")
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(f"ModelConfig.attention={self.attention!r} must be one of {ATTENTION_KERNELS}")
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"ModelConfig.scan_layers={self.scan_layers!r} must be a bool")
         for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-                     "max_len"):
+                     "max_len", "attention_block"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ModelConfig.{name}={value!r} must be a positive int")
@@ -253,6 +276,35 @@ class ModelConfig:
         fields = dict(vocab_size=64, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                       mlp_dim=64, max_len=128)
         return cls(**{**fields, **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How a model loaded from a workdir or Hugging Face folder runs; None keeps the source's setting.
+
+    These change memory, speed and compile time, never the function the model computes (up to
+    rounding in a lower `dtype`), so a checkpoint loads under any of them: `--set init.dtype=bfloat16
+    --set init.remat=full --set init.scan_layers=true`. Fields as in ModelConfig.
+    """
+
+    param_dtype: str | None = None
+    dtype: str | None = None
+    remat: str | None = None
+    scan_layers: bool | None = None
+    attention: str | None = None
+    attention_block: int | None = None
+
+    def __post_init__(self):
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        try:
+            ModelConfig.tiny(**given)  # the same checks and canonical names as ModelConfig
+        except ValueError as e:
+            raise ValueError(f"Execution: {e}") from None
+
+    def apply(self, cfg: ModelConfig) -> ModelConfig:
+        """`cfg` with every set field replaced."""
+        return dataclasses.replace(cfg, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                           if getattr(self, f.name) is not None})
 
 
 OVERLONG_MODES = ("none", "mask", "soft")

@@ -34,6 +34,7 @@ from r1jax.config import ModelConfig
 from r1jax.hf_config import (  # noqa: F401  re-exported: the config.json half of the converter
     ARCHITECTURES, architecture, config_from_hf, config_to_hf, rope_scaling_from_hf)
 from r1jax.model.moe import is_moe_layer
+from r1jax.model.transformer import convert_layout, unstack_layers
 
 INDEX_FILE, SINGLE_FILE = "model.safetensors.index.json", "model.safetensors"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints saved
@@ -211,12 +212,12 @@ def _build_params(cfg: ModelConfig, read: Any, rope_interleave: bool = True) -> 
         for i in range(cfg.num_layers):
             if is_moe_layer(cfg.moe, i):
                 params[f"layers_{i}"]["mlp"]["router_bias"] = np.zeros((cfg.moe.num_experts,), np.float32)
-    return params
+    return convert_layout(params, cfg)  # stacked per scanned layer group when cfg.scan_layers
 
 
 def params_to_hf(cfg: ModelConfig, params: Any, dtype: Any = None) -> dict[str, np.ndarray]:
     """HF-named numpy tensors (in `dtype`, default cfg.param_dtype) from r1jax params (plain or boxed)."""
-    params = jax.device_get(nn.unbox(params))
+    params = unstack_layers(jax.device_get(nn.unbox(params)))
     out = {}
     for t in tensor_table(cfg):
         node = params

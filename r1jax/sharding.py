@@ -39,38 +39,11 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from r1jax.config import ModelConfig
+from r1jax.logical import BATCH_AXES, DEFAULT_AXES, MESH_AXES, RULES, constrain, logical_rules, logical_to_spec
+from r1jax.model import Cache, init_params, param_logical_axes
 
-MESH_AXES = ("data", "fsdp", "expert", "tensor")  # every name a mesh axis may have, in canonical order
-DEFAULT_AXES = {1: ("fsdp",), 2: ("data", "fsdp"), 3: ("data", "fsdp", "expert"), 4: MESH_AXES}
-BATCH_AXES = ("data", "fsdp", "expert")  # the data-like axes: a batch's leading axis is split over these
+__all__ = ["BATCH_AXES", "DEFAULT_AXES", "MESH_AXES", "RULES", "constrain", "logical_rules", "logical_to_spec"]
 
-# The one table: (logical axis name, mesh axes it may be split over). Order is priority.
-RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("batch", BATCH_AXES),
-    ("expert", ("expert",)),
-    ("vocab", ("tensor",)),
-    ("heads", ("tensor",)),
-    ("kv_heads", ("tensor",)),
-    ("mlp", ("tensor",)),
-    ("embed", ("fsdp",)),
-    # fallbacks when "embed" is absent or not divisible (MLA up-projections, odd sizes)
-    ("mlp", ("fsdp",)),
-    ("kv_lora", ("fsdp",)),
-    ("q_lora", ("fsdp",)),
-    ("heads", ("fsdp",)),
-    ("vocab", ("fsdp",)),
-)
-# never sharded: length, cache_length, head_dim, norm
-
-# Logical names of decode-cache leaves, by field name (see r1jax.model Cache, KVCache, MLACache).
-CACHE_AXES = {
-    "k_BxKxDxS": ("batch", "kv_heads", "head_dim", "cache_length"),
-    "v_BxKxSxD": ("batch", "kv_heads", "cache_length", "head_dim"),
-    "latent_BxSxC": ("batch", "cache_length", "kv_lora"),
-    "k_rope_BxSxR": ("batch", "cache_length", "head_dim"),
-    "valid_BxS": ("batch", "cache_length"),
-    "index": (),
-}
 
 
 def parse_mesh(spec: str | None, num_devices: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -132,60 +105,6 @@ def single_device_mesh() -> Mesh:
     return make_mesh("1", devices=jax.devices()[:1])
 
 
-def logical_rules(mesh: Mesh) -> tuple[tuple[str, str | tuple[str, ...]], ...]:
-    """RULES restricted to the mesh's axes, in flax's `nn.logical_axis_rules` form (for activations)."""
-    rules = []
-    for logical, axes in RULES:
-        present = tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
-        if present:
-            rules.append((logical, present if len(present) > 1 else present[0]))
-    return tuple(rules)
-
-
-def logical_to_spec(names: Sequence[str | None], mesh: Mesh | dict[str, int],
-                    shape: Sequence[int] | None = None) -> PartitionSpec:
-    """PartitionSpec for an array with logical axis `names`; with `shape`, only axes that divide each dimension.
-
-    `mesh` may be a Mesh, an AbstractMesh or a dict {axis name: size}.
-    """
-    sizes = dict(mesh) if isinstance(mesh, dict) else dict(mesh.shape)
-    names = tuple(names)
-    if shape is not None and len(shape) != len(names):
-        raise ValueError(f"logical axes {names} do not match shape {tuple(shape)}")
-    assigned: list[tuple[str, ...] | None] = [None] * len(names)
-    used: set[str] = set()
-    for logical, axes in RULES:
-        if logical not in names or assigned[names.index(logical)] is not None:
-            continue
-        dim = names.index(logical)
-        chosen: list[str] = []
-        for axis in axes:
-            size = sizes.get(axis, 1)
-            if axis in used or size == 1:
-                continue
-            if shape is not None and shape[dim] % (math.prod(sizes[a] for a in chosen) * size):
-                continue
-            chosen.append(axis)
-        if chosen:
-            assigned[dim] = tuple(chosen)
-            used.update(chosen)
-    return PartitionSpec(*(None if a is None else a[0] if len(a) == 1 else a for a in assigned))
-
-
-def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-    """Sharding constraint on an activation by logical names under the current mesh; a no-op without one.
-
-    Shape-aware (axes that do not divide a dimension are skipped) and blind to Manual axes (inside shard_map).
-    """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
-    auto = {n: s for n, s, t in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types) if t != AxisType.Manual}
-    if not auto or all(s == 1 for s in auto.values()):
-        return x
-    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, auto, x.shape))
-
-
 def named_sharding(names: Sequence[str | None], mesh: Mesh, shape: Sequence[int] | None = None) -> NamedSharding:
     """NamedSharding of `logical_to_spec`."""
     return NamedSharding(mesh, logical_to_spec(names, mesh, shape))
@@ -208,14 +127,12 @@ def use_mesh(mesh: Mesh | None) -> Iterator[Mesh | None]:
 
 @functools.lru_cache(maxsize=16)
 def _abstract_params(cfg: ModelConfig) -> Any:
-    from r1jax.model import init_params  # local: keep this module importable from r1jax.model
     return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
 
 
 @functools.lru_cache(maxsize=16)
 def param_shardings(cfg: ModelConfig, mesh: Mesh) -> Any:
     """NamedSharding per param leaf, from `r1jax.model.param_logical_axes` and the leaf shapes."""
-    from r1jax.model import param_logical_axes
     return jax.tree.map(lambda names, leaf: named_sharding(tuple(names), mesh, leaf.shape),
                         param_logical_axes(cfg), _abstract_params(cfg),
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
@@ -223,7 +140,6 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh) -> Any:
 
 def sharded_init(cfg: ModelConfig, rng: jax.Array, mesh: Mesh) -> Any:
     """Fresh params created directly in their shards (jit with out_shardings): no host holds them whole."""
-    from r1jax.model import init_params
     shardings = param_shardings(cfg, mesh)
     with use_mesh(mesh):
         return jax.jit(lambda r: init_params(cfg, r), out_shardings=shardings)(rng)
@@ -277,15 +193,37 @@ def abstract_with_shardings(tree: Any, mesh: Mesh, cfg: ModelConfig) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
 
 
-def cache_shardings(cache: Any, mesh: Mesh) -> Any:
-    """Shardings of a decode Cache (or its abstract eval_shape): batch over the data-like axes, kv heads over tensor."""
-    def leaf_sharding(path, leaf):
-        shape = np.shape(leaf)
-        names = CACHE_AXES.get(_path_keys(path)[-1] if path else None)
-        if names is None or len(names) != len(shape):
-            names = (("batch",) + (None,) * (len(shape) - 1)) if shape else ()
-        return named_sharding(names, mesh, shape)
-    return jax.tree_util.tree_map_with_path(leaf_sharding, cache)
+def cache_shardings(cache: Cache, mesh: Mesh) -> Cache:
+    """Shardings of a decode Cache (or its abstract eval_shape): each layer cache by its class's `logical_axes`
+    (a scanned group's stacked layers first), valid slots by batch, the index replicated."""
+    stacked = cache.stacked or (False,) * len(cache.layers)
+
+    def layer(layer_cache, many: bool):
+        axes = type(layer_cache).logical_axes
+        return layer_cache.replace(**{
+            field: named_sharding(("layers",) * many + names, mesh, getattr(layer_cache, field).shape)
+            for field, names in axes.items()})
+
+    return cache.replace(layers=tuple(layer(c, many) for c, many in zip(cache.layers, stacked)),
+                         valid_BxS=named_sharding(("batch", "cache_length"), mesh, cache.valid_BxS.shape),
+                         index=replicated(mesh))
+
+
+def data_devices(mesh: Mesh) -> int:
+    """How many ways a batch's leading axis can split: the product of the mesh's data-like axes."""
+    return math.prod(mesh.shape.get(a, 1) for a in BATCH_AXES)
+
+
+def check_rows(rows: int, mesh: Mesh | None, what: str, fix: str) -> None:
+    """ValueError unless `rows` split evenly over the mesh's data-like axes (else every device would not
+    hold its own rows: XLA replicates the work instead, silently)."""
+    if mesh is None:
+        return
+    n = data_devices(mesh)
+    if rows % n:
+        axes = {a: mesh.shape[a] for a in BATCH_AXES if a in mesh.shape}
+        raise ValueError(f"{what} has {rows} rows, which do not split over the {n} devices of the mesh's "
+                         f"data-like axes {axes}: {fix}")
 
 
 def batch_sharding(shape: Sequence[int], mesh: Mesh) -> NamedSharding:

@@ -69,7 +69,7 @@ def test_rope_frequencies_match_transformers():
 
 def test_load_casts_to_the_requested_dtypes():
     cfg, params = hf.load_hf(FIXTURES / "qwen2", param_dtype="bfloat16", dtype="bfloat16", remat=True)
-    assert (cfg.param_dtype, cfg.dtype, cfg.remat) == ("bfloat16", "bfloat16", True)
+    assert (cfg.param_dtype, cfg.dtype, cfg.remat) == ("bfloat16", "bfloat16", "full")
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype("bfloat16")}
 
 

@@ -53,13 +53,26 @@ accepts boxed or plain params; `init_params` returns plain arrays and
 `param_logical_axes(cfg)` the matching PartitionSpec tree of names.
 
 Precision: params stored in cfg.param_dtype, matmuls in cfg.dtype; norms,
-RoPE, attention softmax and logits in f32. cfg.remat rematerializes each block.
+RoPE, attention softmax and logits in f32. cfg.remat ('none' / 'full' / 'dots')
+is what each block keeps for the backward pass.
 
 Swappable parts: `block_parts(cfg, layer)` gives each block's (attention class,
 MLP class). An attention class is built as `cls(cfg)`, called as
-`(x_BxLxE, positions_BxL, allowed_BxLxS, layer_cache | None, index) -> (y_BxLxE,
+`(x_BxLxE, positions_BxL, mask: AttentionMask, layer_cache | None, index) -> (y_BxLxE,
 layer_cache | None)`, and has a staticmethod `init_cache(cfg, batch, max_len,
-dtype)` giving its layer cache. An MLP class is built as `cls(cfg)` and called
+dtype)` giving its layer cache, whose class names each field's logical axes in
+a class constant `logical_axes` (r1jax.sharding places caches by it). An
+`AttentionMask` holds the parts of the mask (valid slots, the slot of query 0,
+segment ids), never the [B, L, S] matrix; `attention.attend` runs the kernel
+`cfg.attention` picks (blockwise online softmax by default on CPU, memory
+linear in length; `.dense(L)` gives the matrix for the dense paths).
+
+Layer layout: with `cfg.scan_layers` each run of identical consecutive blocks
+is one `nn.scan` whose params sit under `scan_{start}_{end}` with a leading
+layer axis (and its cache is stacked the same way); `convert_layout(params,
+cfg)` turns params of either layout into cfg's, `unstack_layers(params)` into
+the unrolled `layers_{i}` one. HF import/export and `load_source` convert for
+the user. An MLP class is built as `cls(cfg)` and called
 on (x_BxLxE, mask_BxL | None); only MoE reads the mask (for its statistics).
 
 Mixture of experts and latent attention (DeepSeek-V3): `cfg.moe` makes layers
@@ -73,7 +86,7 @@ MoE layers sow expert loads and balance losses into 'intermediates' when the
 caller asks (`mutable=['intermediates']`, else nothing is computed);
 `moe_aux(cfg, state['intermediates'])` gives (aux_loss, stats) — see router.py.
 """
-from r1jax.model.attention import Attention, KVCache, attention_mask
+from r1jax.model.attention import Attention, AttentionMask, KVCache, attention_mask
 from r1jax.model.layers import Embed, LMHead, Mlp, RMSNorm
 from r1jax.model.mla import MLA, MLACache
 from r1jax.model.moe import MoE, expert_ffn, is_moe_layer
@@ -84,16 +97,18 @@ from r1jax.model.transformer import (
     Cache,
     Transformer,
     block_parts,
+    convert_layout,
     init_cache,
     init_params,
     param_logical_axes,
     positions_from_mask,
     repeat_cache,
+    unstack_layers,
 )
 
 __all__ = [
-    "Attention", "Block", "Cache", "Embed", "KVCache", "LMHead", "MLA", "MLACache", "Mlp", "MoE", "RMSNorm",
-    "Transformer", "apply_rope", "attention_mask", "block_parts", "expert_ffn", "init_cache", "init_params",
+    "Attention", "AttentionMask", "Block", "Cache", "Embed", "KVCache", "LMHead", "MLA", "MLACache", "Mlp", "MoE", "RMSNorm",
+    "Transformer", "apply_rope", "attention_mask", "block_parts", "convert_layout", "expert_ffn", "init_cache", "init_params",
     "is_moe_layer", "moe_aux", "param_logical_axes", "positions_from_mask", "repeat_cache", "rope_frequencies",
-    "route", "router_bias_mask", "update_router_bias",
+    "route", "router_bias_mask", "unstack_layers", "update_router_bias",
 ]

@@ -20,6 +20,7 @@ index are shared by all layers and live in `transformer.Cache`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.config import ModelConfig
+from r1jax.model.flash import blockwise_attention
 from r1jax.model.layers import Dense, RMSNorm, constrain
 from r1jax.model.rope import apply_rope, rope_frequencies
 
@@ -41,6 +43,8 @@ class KVCache:
 
     k_BxKxDxS: jax.Array
     v_BxKxSxD: jax.Array
+    logical_axes = {"k_BxKxDxS": ("batch", "kv_heads", "head_dim", "cache_length"),
+                    "v_BxKxSxD": ("batch", "kv_heads", "cache_length", "head_dim")}  # not a field: a class constant
 
 
 def attention_mask(valid_BxS: jax.Array, index: jax.Array, length: int,
@@ -52,6 +56,103 @@ def attention_mask(valid_BxS: jax.Array, index: jax.Array, length: int,
     if segment_ids_BxL is not None:
         allowed_BxLxS &= segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
     return allowed_BxLxS
+
+
+@flax.struct.dataclass
+class AttentionMask:
+    """Which key slots a query sees: valid ones not after its own slot (q_offset + l), in its segment if packed.
+
+    Kept as its parts, never as the [B, L, S] matrix, so blockwise kernels build each block's mask.
+    """
+
+    valid_BxS: jax.Array  # bool: slot holds a real token
+    q_offset: jax.Array  # int32 scalar: slot of query 0 (the cache's write index; 0 without a cache)
+    segment_ids_BxL: jax.Array | None = None  # packed rows (no cache): keys only in the query's segment
+
+    def dense(self, length: int) -> jax.Array:
+        """allowed_BxLxS for `length` queries (the dense paths)."""
+        return attention_mask(self.valid_BxS, self.q_offset, length, self.segment_ids_BxL)
+
+
+def resolve_attention(impl: str, backend: str | None = None, cached: bool = False) -> str:
+    """The kernel an `attention` setting runs: 'auto' is cudnn on GPU, splash on TPU, blockwise elsewhere.
+
+    Platform kernels serve cache-free calls (training, log-probs); with a cache (prefill) 'auto'
+    and the platform kernels fall back to the portable blockwise kernel.
+    """
+    backend = backend or jax.default_backend()
+    if impl == "auto":
+        impl = {"gpu": "cudnn", "cuda": "cudnn", "rocm": "cudnn", "tpu": "splash"}.get(backend, "blockwise")
+    if impl in PLATFORM_KERNELS:
+        if cached:
+            return "blockwise"
+        if backend not in PLATFORM_KERNELS[impl]:
+            raise ValueError(f"attention={impl!r} runs on {PLATFORM_KERNELS[impl]} only, not on {backend!r}; "
+                             "use 'auto', 'blockwise' or 'dense'")
+    return impl
+
+
+PLATFORM_KERNELS = {"cudnn": ("gpu", "cuda", "rocm"), "splash": ("tpu",)}
+
+
+def attend(q_BxLxHxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxV: jax.Array, mask: AttentionMask, scale: float,
+           cfg: ModelConfig, cached: bool = False) -> jax.Array:
+    """Attention of L queries over S key slots by the kernel cfg.attention resolves to; out B×L×H×V.
+
+    Every kernel computes softmax(q·kᵀ·scale over visible keys)·v with scores and softmax in f32;
+    'blockwise' and the platform kernels never hold the [L, S] probabilities (memory linear in length).
+    """
+    impl = resolve_attention(cfg.attention, cached=cached)
+    batch, length, heads, _ = q_BxLxHxD.shape
+    kv_heads = k_BxKxSxD.shape[1]
+    if impl == "dense":
+        causal_block = None if cached else _CAUSAL_BLOCK
+        return grouped_attention(q_BxLxHxD, k_BxKxSxD, v_BxKxSxV, mask.dense(length), scale, causal_block)
+    if impl == "cudnn":
+        return _cudnn_attention(q_BxLxHxD, k_BxKxSxD, v_BxKxSxV, mask, scale)
+    if impl == "splash":
+        return _splash_attention(q_BxLxHxD, k_BxKxSxD, v_BxKxSxV, mask, scale, cfg.attention_block)
+    q_BxLxKxGxD = q_BxLxHxD.reshape(batch, length, kv_heads, heads // kv_heads, -1)
+    out = blockwise_attention(q_BxLxKxGxD, k_BxKxSxD, v_BxKxSxV, mask.valid_BxS, mask.q_offset, scale,
+                              mask.segment_ids_BxL, cfg.attention_block, cfg.attention_block)
+    return out.reshape(batch, length, heads, -1)
+
+
+def _cudnn_attention(q_BxLxHxD, k_BxKxSxD, v_BxKxSxV, mask: AttentionMask, scale: float) -> jax.Array:
+    """jax.nn.dot_product_attention's cuDNN (flash) kernel; the padding/segment mask goes in as [B, 1, L, S] bool.
+
+    UNTESTED: it has not run on a GPU in this project (the tests skip it on CPU).
+    """
+    length = q_BxLxHxD.shape[1]
+    allowed_Bx1xLxS = mask.dense(length)[:, None]
+    return jax.nn.dot_product_attention(q_BxLxHxD, k_BxKxSxD.transpose(0, 2, 1, 3), v_BxKxSxV.transpose(0, 2, 1, 3),
+                                        mask=allowed_Bx1xLxS, scale=scale, implementation="cudnn")
+
+
+def _splash_attention(q_BxLxHxD, k_BxKxSxD, v_BxKxSxV, mask: AttentionMask, scale: float, block: int) -> jax.Array:
+    """TPU splash attention (Pallas) with a causal mask and padding as segment ids (pads: segment 0).
+
+    UNTESTED: it has not run on a TPU in this project (the tests skip it elsewhere). Runs per row
+    under vmap; on a multi-chip mesh it needs jax.shard_map over the batch and head axes.
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    batch, length, heads, dim = q_BxLxHxD.shape
+    kv_heads = k_BxKxSxD.shape[1]
+    seg_BxL = mask.valid_BxS.astype(jnp.int32)
+    if mask.segment_ids_BxL is not None:
+        seg_BxL = jnp.where(mask.valid_BxS, mask.segment_ids_BxL.astype(jnp.int32), 0)
+    sizes = splash.BlockSizes.get_default()
+    sizes = dataclasses.replace(sizes, block_q=min(block, length), block_kv=min(block, length),
+                                block_kv_compute=min(block, length))
+    kernel = splash.make_splash_mqa_single_device(
+        masks.MultiHeadMask([masks.CausalMask((length, length))] * (heads // kv_heads)), block_sizes=sizes)
+    q_BxKxGxLxD = (q_BxLxHxD * scale).reshape(batch, length, kv_heads, heads // kv_heads, dim).transpose(0, 2, 3, 1, 4)
+    per_kv_head = jax.vmap(kernel, in_axes=(0, 0, 0, None))  # over kv heads: one MQA group each
+    per_row = jax.vmap(lambda q, k, v, s: per_kv_head(q, k, v, splash.SegmentIds(q=s, kv=s)))
+    out_BxKxGxLxD = per_row(q_BxKxGxLxD, k_BxKxSxD, v_BxKxSxV, seg_BxL)
+    return out_BxKxGxLxD.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, -1)
 
 
 def grouped_attention(q_BxLxHxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxD: jax.Array, allowed_BxLxS: jax.Array,
@@ -169,9 +270,9 @@ class Attention(nn.Module):
         return KVCache(jnp.zeros((batch, cfg.num_kv_heads, cfg.head_dim, max_len), dtype), jnp.zeros(shape, dtype))
 
     @nn.compact
-    def __call__(self, x_BxLxE: jax.Array, positions_BxL: jax.Array, allowed_BxLxS: jax.Array,
+    def __call__(self, x_BxLxE: jax.Array, positions_BxL: jax.Array, mask: AttentionMask,
                  cache: KVCache | None, index: jax.Array) -> tuple[jax.Array, KVCache | None]:
-        """Attends the L new tokens (written at slots [index, index+L) of the cache, if any) to allowed slots."""
+        """Attends the L new tokens (written at slots [index, index+L) of the cache, if any) to the keys `mask` allows."""
         cfg = self.cfg
 
         def proj(heads: int, head_axis: str, name: str) -> Dense:
@@ -194,10 +295,8 @@ class Attention(nn.Module):
 
         v_BxKxLxD = v_BxLxKxD.transpose(0, 2, 1, 3)
         scale = cfg.head_dim ** -0.5
-        if cache is None:
-            # query l sits on slot l: whole blocks of later keys can be skipped
-            out_BxLxHxD = grouped_attention(q_BxLxHxD, k_BxLxKxD.transpose(0, 2, 1, 3), v_BxKxLxD, allowed_BxLxS,
-                                            scale, _CAUSAL_BLOCK)
+        if cache is None:  # query l sits on slot l
+            out_BxLxHxD = attend(q_BxLxHxD, k_BxLxKxD.transpose(0, 2, 1, 3), v_BxKxLxD, mask, scale, cfg)
         else:
             k_BxKxDxS = jax.lax.dynamic_update_slice(
                 cache.k_BxKxDxS, k_BxLxKxD.transpose(0, 2, 3, 1).astype(cache.k_BxKxDxS.dtype),
@@ -206,8 +305,12 @@ class Attention(nn.Module):
                                                      (jnp.int32(0), jnp.int32(0), index, jnp.int32(0)))
             cache = KVCache(constrain(k_BxKxDxS, "batch", "kv_heads", "head_dim", "cache_length"),
                             constrain(v_BxKxSxD, "batch", "kv_heads", "cache_length", "head_dim"))
-            out_BxLxHxD = cached_attention(q_BxLxHxD, cache.k_BxKxDxS.astype(cfg.dtype),
-                                           cache.v_BxKxSxD.astype(cfg.dtype), allowed_BxLxS, scale)
+            k_BxKxDxS, v_BxKxSxD = cache.k_BxKxDxS.astype(cfg.dtype), cache.v_BxKxSxD.astype(cfg.dtype)
+            if q_BxLxHxD.shape[1] > 1 and cfg.attention != "dense":  # prefill: blocks, skipping the empty slots
+                out_BxLxHxD = attend(q_BxLxHxD, k_BxKxDxS.transpose(0, 1, 3, 2), v_BxKxSxD, mask, scale, cfg,
+                                     cached=True)
+            else:  # decode: one query row per kv-head group, linear in S already
+                out_BxLxHxD = cached_attention(q_BxLxHxD, k_BxKxDxS, v_BxKxSxD, mask.dense(q_BxLxHxD.shape[1]), scale)
         out_BxLxHxD = constrain(out_BxLxHxD, "batch", "length", "heads", "head_dim")
         out_BxLxE = Dense(cfg, (cfg.embed_dim,), ("heads", "head_dim", "embed"), num_in=2, use_bias=cfg.out_bias,
                           name="o")(out_BxLxHxD)

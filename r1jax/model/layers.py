@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import sharding
+from r1jax import logical
 from r1jax.config import ModelConfig
 
 Initializer = nn.initializers.Initializer
@@ -26,8 +26,8 @@ def zeros_init(*axes: str) -> Initializer:
 
 
 def constrain(x: jax.Array, *axes: str) -> jax.Array:
-    """Logical sharding constraint on an activation (r1jax.sharding's rule table); a no-op without a mesh."""
-    return sharding.constrain(x, axes)
+    """Logical sharding constraint on an activation (r1jax.logical's rule table); a no-op without a mesh."""
+    return logical.constrain(x, axes)
 
 
 def matmul_2d(x: jax.Array, kernel: jax.Array, num_in: int = 1, preferred_element_type=None) -> jax.Array:

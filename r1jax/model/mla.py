@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.config import ModelConfig
-from r1jax.model.attention import _MASKED
+from r1jax.model.attention import _MASKED, AttentionMask, attend
 from r1jax.model.layers import Dense, RMSNorm, constrain
 from r1jax.model.rope import apply_rope, rope_frequencies
 
@@ -38,6 +38,8 @@ class MLACache:
 
     latent_BxSxC: jax.Array
     k_rope_BxSxR: jax.Array
+    logical_axes = {"latent_BxSxC": ("batch", "cache_length", "kv_lora"),
+                    "k_rope_BxSxR": ("batch", "cache_length", "head_dim")}  # not a field: a class constant
 
 
 def softmax_scale(cfg: ModelConfig) -> float:
@@ -77,9 +79,9 @@ class MLA(nn.Module):
                         jnp.zeros((batch, max_len, cfg.mla.qk_rope_dim), dtype))
 
     @nn.compact
-    def __call__(self, x_BxLxE: jax.Array, positions_BxL: jax.Array, allowed_BxLxS: jax.Array,
+    def __call__(self, x_BxLxE: jax.Array, positions_BxL: jax.Array, mask: AttentionMask,
                  cache: MLACache | None, index: jax.Array) -> tuple[jax.Array, MLACache | None]:
-        """Attends the L new tokens (written at slots [index, index+L) of the cache, if any) to allowed slots."""
+        """Attends the L new tokens (written at slots [index, index+L) of the cache, if any) to the keys `mask` allows."""
         cfg, mla = self.cfg, self.cfg.mla
         heads, nope, rope, latent = cfg.num_heads, mla.qk_nope_dim, mla.qk_rope_dim, mla.kv_lora_rank
         latent_cfg = dataclasses.replace(cfg, norm_eps=LATENT_NORM_EPS)
@@ -101,36 +103,57 @@ class MLA(nn.Module):
         kv_up_CxHxNV = Kernel(cfg, (latent, heads, nope + mla.v_head_dim), ("kv_lora", "heads", "head_dim"),
                               name="kv_b")()
         w_uk_CxHxN, w_uv_CxHxV = kv_up_CxHxNV[..., :nope], kv_up_CxHxNV[..., nope:]
-        f32 = jnp.float32
 
+        if cache is not None:
+            start = (jnp.int32(0), index, jnp.int32(0))
+            latent_BxSxC = jax.lax.dynamic_update_slice(
+                cache.latent_BxSxC, latent_BxLxC.astype(cache.latent_BxSxC.dtype), start)
+            k_rope_BxSxR = jax.lax.dynamic_update_slice(
+                cache.k_rope_BxSxR, k_rope_BxLxR.astype(cache.k_rope_BxSxR.dtype), start)
+            cache = MLACache(constrain(latent_BxSxC, "batch", "cache_length", "kv_lora"),
+                             constrain(k_rope_BxSxR, "batch", "cache_length", "head_dim"))
+        length, blocks = q_BxLxHxD.shape[1], cfg.attention != "dense"
+        if cache is None and blocks:  # expanded keys and values, one kv head per query head
+            k_BxSxHxD = jnp.concatenate([jnp.einsum("bsc,chn->bshn", latent_BxLxC, w_uk_CxHxN), jnp.broadcast_to(
+                k_rope_BxLxR[:, :, None], k_rope_BxLxR.shape[:2] + (heads, rope))], axis=-1)
+            v_BxSxHxV = jnp.einsum("bsc,chv->bshv", latent_BxLxC, w_uv_CxHxV)
+            q_BxLxHxD = jnp.concatenate([q_nope_BxLxHxN, q_rope_BxLxHxR], axis=-1)
+            out_BxLxHxV = attend(q_BxLxHxD, k_BxSxHxD.transpose(0, 2, 1, 3), v_BxSxHxV.transpose(0, 2, 1, 3), mask,
+                                 softmax_scale(cfg), cfg)
+        elif cache is not None and length > 1 and blocks:  # absorbed prefill: one shared latent kv head
+            latent_BxSxC, k_rope_BxSxR = cache.latent_BxSxC.astype(cfg.dtype), cache.k_rope_BxSxR.astype(cfg.dtype)
+            q_BxLxHxCR = jnp.concatenate([jnp.einsum("blhn,chn->blhc", q_nope_BxLxHxN, w_uk_CxHxN), q_rope_BxLxHxR],
+                                         axis=-1)
+            k_Bx1xSxCR = jnp.concatenate([latent_BxSxC, k_rope_BxSxR], axis=-1)[:, None]
+            out_BxLxHxC = attend(q_BxLxHxCR, k_Bx1xSxCR, latent_BxSxC[:, None], mask, softmax_scale(cfg), cfg,
+                                 cached=True)
+            out_BxLxHxV = jnp.einsum("blhc,chv->blhv", out_BxLxHxC, w_uv_CxHxV)
+        else:
+            out_BxLxHxV = self._dense(q_nope_BxLxHxN, q_rope_BxLxHxR, latent_BxLxC, k_rope_BxLxR, w_uk_CxHxN,
+                                      w_uv_CxHxV, mask.dense(length), cache)
+        out_BxLxHxV = constrain(out_BxLxHxV, "batch", "length", "heads", "head_dim")
+        out_BxLxE = Dense(cfg, (cfg.embed_dim,), ("heads", "head_dim", "embed"), num_in=2, name="o")(out_BxLxHxV)
+        return out_BxLxE, cache
+
+    def _dense(self, q_nope_BxLxHxN, q_rope_BxLxHxR, latent_BxLxC, k_rope_BxLxR, w_uk_CxHxN, w_uv_CxHxV,
+               allowed_BxLxS, cache: MLACache | None) -> jax.Array:
+        """The [L, S] scores whole: expanded without a cache, absorbed with one (decode)."""
+        cfg, f32 = self.cfg, jnp.float32
         if cache is None:  # expanded: per-head keys and values from the L latents
             latent_BxSxC, k_rope_BxSxR = latent_BxLxC, k_rope_BxLxR
             k_nope_BxSxHxN = jnp.einsum("bsc,chn->bshn", latent_BxSxC, w_uk_CxHxN)
             v_BxSxHxV = jnp.einsum("bsc,chv->bshv", latent_BxSxC, w_uv_CxHxV)
             logits_BxHxLxS = jnp.einsum("blhn,bshn->bhls", q_nope_BxLxHxN, k_nope_BxSxHxN, preferred_element_type=f32)
         else:  # absorbed: W_UK folded into the query, attention over the cached latents
-            start = (jnp.int32(0), index, jnp.int32(0))
-            latent_BxSxC = jax.lax.dynamic_update_slice(
-                cache.latent_BxSxC, latent_BxLxC.astype(cache.latent_BxSxC.dtype), start)
-            k_rope_BxSxR = jax.lax.dynamic_update_slice(
-                cache.k_rope_BxSxR, k_rope_BxLxR.astype(cache.k_rope_BxSxR.dtype), start)
-            latent_BxSxC = constrain(latent_BxSxC, "batch", "cache_length", "kv_lora")
-            k_rope_BxSxR = constrain(k_rope_BxSxR, "batch", "cache_length", "head_dim")
-            cache = MLACache(latent_BxSxC, k_rope_BxSxR)
-            latent_BxSxC, k_rope_BxSxR = latent_BxSxC.astype(cfg.dtype), k_rope_BxSxR.astype(cfg.dtype)
+            latent_BxSxC, k_rope_BxSxR = cache.latent_BxSxC.astype(cfg.dtype), cache.k_rope_BxSxR.astype(cfg.dtype)
             q_latent_BxLxHxC = jnp.einsum("blhn,chn->blhc", q_nope_BxLxHxN, w_uk_CxHxN)
             logits_BxHxLxS = jnp.einsum("blhc,bsc->bhls", q_latent_BxLxHxC, latent_BxSxC, preferred_element_type=f32)
-
         # logits and softmax in f32 whatever the compute dtype
         logits_BxHxLxS = logits_BxHxLxS + jnp.einsum("blhr,bsr->bhls", q_rope_BxLxHxR, k_rope_BxSxR,
                                                      preferred_element_type=f32)
         logits_BxHxLxS = jnp.where(allowed_BxLxS[:, None, :, :], logits_BxHxLxS * softmax_scale(cfg), _MASKED)
         probs_BxHxLxS = jax.nn.softmax(logits_BxHxLxS, axis=-1).astype(cfg.dtype)
         if cache is None:
-            out_BxLxHxV = jnp.einsum("bhls,bshv->blhv", probs_BxHxLxS, v_BxSxHxV)
-        else:
-            out_BxLxHxC = jnp.einsum("bhls,bsc->blhc", probs_BxHxLxS, latent_BxSxC)
-            out_BxLxHxV = jnp.einsum("blhc,chv->blhv", out_BxLxHxC, w_uv_CxHxV)
-        out_BxLxHxV = constrain(out_BxLxHxV, "batch", "length", "heads", "head_dim")
-        out_BxLxE = Dense(cfg, (cfg.embed_dim,), ("heads", "head_dim", "embed"), num_in=2, name="o")(out_BxLxHxV)
-        return out_BxLxE, cache
+            return jnp.einsum("bhls,bshv->blhv", probs_BxHxLxS, v_BxSxHxV)
+        out_BxLxHxC = jnp.einsum("bhls,bsc->blhc", probs_BxHxLxS, latent_BxSxC)
+        return jnp.einsum("blhc,chv->blhv", out_BxLxHxC, w_uv_CxHxV)

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, PartitionSpec
 
-from r1jax import sharding
+from r1jax import logical
 from r1jax.config import MoEConfig
 
 Collective = Callable[..., jax.Array]
@@ -69,7 +69,7 @@ def expert_sharding(moe: MoEConfig) -> ExpertSharding | None:
     if moe.expert_parallel == "none" or mesh.empty:
         return None
     sizes = {n: s for n, s, t in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types) if t != AxisType.Manual}
-    expert_axes = _spec_axes(sharding.logical_to_spec(("expert",), sizes, (moe.num_experts,))[0])
+    expert_axes = _spec_axes(logical.logical_to_spec(("expert",), sizes, (moe.num_experts,))[0])
     shards = math.prod(sizes[a] for a in expert_axes)
     if shards <= 1:
         if sizes.get("expert", 1) > 1:  # an expert axis was asked for but cannot split these experts
@@ -79,7 +79,7 @@ def expert_sharding(moe: MoEConfig) -> ExpertSharding | None:
     if moe.expert_parallel == "all_to_all" and jax.default_backend() == "cpu":
         raise ValueError("MoEConfig.expert_parallel='all_to_all' needs jax.lax.ragged_all_to_all, which XLA:CPU "
                          "does not implement; use 'ring' on CPU")
-    batch_axes = _spec_axes(sharding.logical_to_spec(("batch",), sizes)[0])
+    batch_axes = _spec_axes(logical.logical_to_spec(("batch",), sizes)[0])
     token_axes = batch_axes + tuple(a for a in expert_axes if a not in batch_axes)
     return ExpertSharding(moe.expert_parallel, expert_axes, token_axes, shards,
                           math.prod(sizes[a] for a in token_axes))

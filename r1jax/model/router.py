@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from r1jax.config import ModelConfig, MoEConfig
 
 BIAS = "router_bias"
-_LAYER = re.compile(r"layers_(\d+)$")
+_GROUP = re.compile(r"layers_(\d+)|scan_(\d+)_(\d+)")  # one block, or a scanned stack of blocks
 
 
 def route(logits_TxX: jax.Array, bias_X: jax.Array, moe: MoEConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -105,10 +105,17 @@ def switch_loss(scores_TxX: jax.Array, experts_TxK: jax.Array, valid_T: jax.Arra
 # ---------------------------------------------------------------- balancing across steps
 
 
-def _moe_layer_names(tree: Any, leaf: str) -> list[str]:
-    """Top-level 'layers_i' keys whose 'mlp' holds `leaf`, in layer order."""
-    names = [k for k in tree if _LAYER.match(k) and leaf in tree[k].get("mlp", {})]
-    return sorted(names, key=lambda k: int(_LAYER.match(k).group(1)))
+def _moe_groups(tree: Any, leaf: str) -> list[tuple[str, bool]]:
+    """(top-level key, stacked) of the layer groups whose 'mlp' holds `leaf`, in layer order.
+
+    A key `layers_i` is one block; `scan_a_b` a scanned stack (leaves with a leading layer axis).
+    """
+    found = []
+    for key in tree:
+        match = _GROUP.fullmatch(key)
+        if match and leaf in tree[key].get("mlp", {}):
+            found.append((int(match.group(1) or match.group(2)), key, match.group(1) is None))
+    return [(key, stacked) for _, key, stacked in sorted(found)]
 
 
 def router_bias_mask(params: Any) -> Any:
@@ -119,14 +126,17 @@ def router_bias_mask(params: Any) -> Any:
 
 def update_router_bias(params: Any, expert_load: jax.Array, gamma: float | jax.Array) -> Any:
     """b += γ·sign(mean_load − load) (V3 §2.1.2); expert_load [moe_layers, X], global-batch counts."""
-    names = _moe_layer_names(params, BIAS)
-    if expert_load.shape[0] != len(names):
-        raise ValueError(f"expert_load has {expert_load.shape[0]} rows for {len(names)} MoE layers")
-    new = dict(params)
-    for name, load_X in zip(names, expert_load):
-        bias_X = params[name]["mlp"][BIAS]
-        step_X = gamma * jnp.sign(jnp.mean(load_X) - load_X)
-        new[name] = {**params[name], "mlp": {**params[name]["mlp"], BIAS: (bias_X + step_X).astype(bias_X.dtype)}}
+    groups = _moe_groups(params, BIAS)
+    rows = [params[key]["mlp"][BIAS].shape[0] if stacked else 1 for key, stacked in groups]
+    if expert_load.shape[0] != sum(rows):
+        raise ValueError(f"expert_load has {expert_load.shape[0]} rows for {sum(rows)} MoE layers")
+    new, first = dict(params), 0
+    for (key, stacked), n in zip(groups, rows):
+        bias = params[key]["mlp"][BIAS]
+        load = expert_load[first:first + n] if stacked else expert_load[first]
+        first += n
+        step = gamma * jnp.sign(jnp.mean(load, axis=-1, keepdims=True) - load)
+        new[key] = {**params[key], "mlp": {**params[key]["mlp"], BIAS: (bias + step).astype(bias.dtype)}}
     return new
 
 
@@ -137,12 +147,13 @@ def moe_aux(cfg: ModelConfig, intermediates: Any) -> tuple[jax.Array, dict[str, 
     MoE layers. stats: 'expert_load' [moe_layers, X] (real tokens per expert), 'seq_balance_loss'
     and 'switch_loss' [moe_layers], 'load_max_violation' [moe_layers] = max load / mean load − 1.
     """
-    names = _moe_layer_names(intermediates, "expert_load")
-    if cfg.moe is None or not names:
+    groups = _moe_groups(intermediates, "expert_load")
+    if cfg.moe is None or not groups:
         return jnp.zeros((), jnp.float32), {}
 
-    def stack(key: str) -> jax.Array:
-        return jnp.stack([sum(intermediates[n]["mlp"][key]) for n in names])  # a layer called twice: summed
+    def stack(key: str) -> jax.Array:  # a layer called twice: summed; a scanned group gives its layers' rows
+        rows = [sum(intermediates[g]["mlp"][key]) for g, _ in groups]
+        return jnp.concatenate([r if stacked else r[None] for r, (_, stacked) in zip(rows, groups)])
 
     load_LxX = stack("expert_load")
     stats = dict(expert_load=load_LxX, seq_balance_loss=stack("seq_balance_loss"), switch_loss=stack("switch_loss"),

@@ -6,15 +6,17 @@ E embed_dim, V vocab_size.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from r1jax.config import ModelConfig
-from r1jax.model.attention import Attention, attention_mask
+from r1jax.model.attention import Attention, AttentionMask
 from r1jax.model.layers import Embed, LMHead, Mlp, RMSNorm, constrain
 from r1jax.model.mla import MLA
 from r1jax.model.moe import MoE, is_moe_layer
@@ -25,26 +27,75 @@ def block_parts(cfg: ModelConfig, layer: int) -> tuple[type[nn.Module], type[nn.
     return (Attention if cfg.mla is None else MLA), (MoE if is_moe_layer(cfg.moe, layer) else Mlp)
 
 
+def layer_groups(cfg: ModelConfig) -> tuple[tuple[int, int], ...]:
+    """(start, end) of each run of consecutive blocks with the same parts; one run per layer without scan.
+
+    With cfg.scan_layers each run of two or more blocks is one `nn.scan` whose params sit under
+    `scan_{start}_{end}` with a leading 'layers' axis; a lone block keeps its `layers_{i}` name.
+    """
+    if not cfg.scan_layers:
+        return tuple((i, i + 1) for i in range(cfg.num_layers))
+    groups, start = [], 0
+    for i in range(1, cfg.num_layers + 1):
+        if i == cfg.num_layers or block_parts(cfg, i) != block_parts(cfg, start):
+            groups.append((start, i))
+            start = i
+    return tuple(groups)
+
+
+def group_name(start: int, end: int) -> str:
+    """Param key of a layer group: `layers_{i}` for a lone block, `scan_{start}_{end}` for a scanned run."""
+    return f"layers_{start}" if end - start == 1 else f"scan_{start}_{end}"
+
+
 @flax.struct.dataclass
 class Cache:
-    """Decode state: one cache per layer (owned by its attention class), slot validity, next write slot."""
+    """Decode state: one cache per layer group (owned by its attention class), slot validity, next write slot.
+
+    A scanned group's cache has its layers stacked on a leading axis (`stacked` marks those groups).
+    """
 
     layers: tuple[Any, ...]
     valid_BxS: jax.Array  # bool: slot holds a real token
     index: jax.Array  # int32 scalar: next slot to write, shared by all rows
+    stacked: tuple[bool, ...] = flax.struct.field(pytree_node=False, default=())
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
     """An empty cache of `max_len` slots; `dtype` defaults to the compute dtype."""
     dtype = jnp.dtype(cfg.dtype if dtype is None else dtype)
-    layers = tuple(block_parts(cfg, i)[0].init_cache(cfg, batch, max_len, dtype) for i in range(cfg.num_layers))
-    return Cache(layers=layers, valid_BxS=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+    layers, stacked = [], []
+    for start, end in layer_groups(cfg):
+        one = block_parts(cfg, start)[0].init_cache(cfg, batch, max_len, dtype)
+        many = end - start > 1
+        layers.append(jax.tree.map(lambda x: jnp.zeros((end - start,) + x.shape, x.dtype), one) if many else one)
+        stacked.append(many)
+    return Cache(layers=tuple(layers), valid_BxS=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
+                 stacked=tuple(stacked))
 
 
 def repeat_cache(cache: Cache, repeats: int) -> Cache:
     """Each row repeated `repeats` times in place (row b → rows b·g … b·g+g−1), like jnp.repeat(axis=0)."""
-    rows = jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=0), (cache.layers, cache.valid_BxS))
-    return Cache(layers=rows[0], valid_BxS=rows[1], index=cache.index)
+    stacked = cache.stacked or (False,) * len(cache.layers)
+    layers = tuple(jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=int(many)), layer)
+                   for layer, many in zip(cache.layers, stacked))
+    return constrain_cache(cache.replace(layers=layers, valid_BxS=jnp.repeat(cache.valid_BxS, repeats, axis=0)))
+
+
+def constrain_cache(cache: Cache) -> Cache:
+    """Each cache leaf constrained to its logical axes (its class's `logical_axes`) under the current mesh.
+
+    After `repeat_cache` the rows are G times as many as the prompts the prefill ran on: this
+    splits them over every data-like axis instead of keeping the prefill's (coarser) layout.
+    """
+    stacked = cache.stacked or (False,) * len(cache.layers)
+
+    def layer(layer_cache, many: bool):
+        return layer_cache.replace(**{field: constrain(getattr(layer_cache, field), *(("layers",) * many + names))
+                                      for field, names in type(layer_cache).logical_axes.items()})
+
+    return cache.replace(layers=tuple(layer(c, many) for c, many in zip(cache.layers, stacked)),
+                         valid_BxS=constrain(cache.valid_BxS, "batch", "cache_length"))
 
 
 def positions_from_mask(mask_BxL: jax.Array) -> jax.Array:
@@ -53,20 +104,41 @@ def positions_from_mask(mask_BxL: jax.Array) -> jax.Array:
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    Called as (x, layer cache, positions, mask, index, token mask) → (x, layer cache): the carry, then
+    the scanned input, then what every layer shares, so `nn.scan` can run a stack of them.
+    """
 
     cfg: ModelConfig
     attention_cls: type[nn.Module] = Attention
     mlp_cls: type[nn.Module] = Mlp
 
     @nn.compact
-    def __call__(self, x_BxLxE: jax.Array, positions_BxL: jax.Array, allowed_BxLxS: jax.Array,
-                 cache: Any, index: jax.Array, mask_BxL: jax.Array | None = None) -> tuple[jax.Array, Any]:
+    def __call__(self, x_BxLxE: jax.Array, cache: Any, positions_BxL: jax.Array, mask: AttentionMask,
+                 index: jax.Array, mask_BxL: jax.Array | None = None) -> tuple[jax.Array, Any]:
         attn_BxLxE, cache = self.attention_cls(self.cfg, name="attn")(
-            RMSNorm(self.cfg, name="attn_norm")(x_BxLxE), positions_BxL, allowed_BxLxS, cache, index)
+            RMSNorm(self.cfg, name="attn_norm")(x_BxLxE), positions_BxL, mask, cache, index)
         x_BxLxE = constrain(x_BxLxE + attn_BxLxE, "batch", "length", "embed")
         mlp_BxLxE = self.mlp_cls(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxLxE), mask_BxL)
         return constrain(x_BxLxE + mlp_BxLxE, "batch", "length", "embed"), cache
+
+
+_SCAN_KEY = re.compile(r"scan_(\d+)_(\d+)")
+_LAYER_KEY = re.compile(r"layers_(\d+)")
+REMAT = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def block_class(cfg: ModelConfig, layers: int) -> type[nn.Module]:
+    """Block, rematerialized as cfg.remat says, scanned over `layers` stacked copies when more than one."""
+    block = Block
+    if cfg.remat != "none":
+        block = nn.remat(Block, policy=REMAT[cfg.remat], prevent_cse=layers == 1)
+    if layers == 1:
+        return block
+    return nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+                   in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=layers,
+                   metadata_params={nn.PARTITION_NAME: "layers"})
 
 
 class Transformer(nn.Module):
@@ -77,8 +149,9 @@ class Transformer(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.embed = Embed(cfg)
-        block = nn.remat(Block) if cfg.remat else Block
-        self.layers = [block(cfg, *block_parts(cfg, i)) for i in range(cfg.num_layers)]
+        self.groups = layer_groups(cfg)
+        self.layers = [block_class(cfg, end - start)(cfg, *block_parts(cfg, start), name=group_name(start, end))
+                       for start, end in self.groups]
         self.final_norm = RMSNorm(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = LMHead(cfg)
@@ -111,17 +184,20 @@ class Transformer(nn.Module):
         else:
             index = cache.index
             valid_BxS = jax.lax.dynamic_update_slice(cache.valid_BxS, mask_BxL, (jnp.int32(0), index))
-        allowed_BxLxS = attention_mask(valid_BxS, index, length, segment_ids)
+        mask = AttentionMask(valid_BxS, index, segment_ids)
+        if cache is not None and len(cache.layers) != len(self.groups):
+            raise ValueError(f"cache has {len(cache.layers)} layer groups, the model {len(self.groups)} "
+                             "(build it with init_cache of the same config)")
 
         x_BxLxE = constrain(self.embed(tokens), "batch", "length", "embed")
         layer_caches = []
         for i, layer in enumerate(self.layers):
-            x_BxLxE, layer_cache = layer(x_BxLxE, positions, allowed_BxLxS,
-                                         None if cache is None else cache.layers[i], index, mask_BxL)
+            x_BxLxE, layer_cache = layer(x_BxLxE, None if cache is None else cache.layers[i], positions, mask,
+                                         index, mask_BxL)
             layer_caches.append(layer_cache)
         x_BxLxE = constrain(self.final_norm(x_BxLxE), "batch", "length", "embed")
         if cache is not None:
-            cache = Cache(layers=tuple(layer_caches), valid_BxS=valid_BxS, index=index + length)
+            cache = cache.replace(layers=tuple(layer_caches), valid_BxS=valid_BxS, index=index + length)
         return x_BxLxE, cache
 
     def logits(self, hidden_BxLxE: jax.Array) -> jax.Array:
@@ -144,3 +220,34 @@ def param_logical_axes(cfg: ModelConfig) -> Any:
     tokens_1x1 = jnp.zeros((1, 1), jnp.int32)
     boxed = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), tokens_1x1, tokens_1x1)["params"])
     return nn.get_partition_spec(boxed)
+
+
+def _stack(leaves: list) -> Any:
+    if all(isinstance(x, np.ndarray) for x in leaves):
+        return np.stack(leaves)
+    return jnp.stack(leaves)
+
+
+def unstack_layers(params: Any) -> Any:
+    """Params of either layout in the unrolled one (`layers_{i}` per block): what HF export and users read."""
+    out = {}
+    for key, value in params.items():
+        match = _SCAN_KEY.fullmatch(key)
+        if match is None:
+            out[key] = value
+            continue
+        start, end = int(match.group(1)), int(match.group(2))
+        for i in range(start, end):
+            out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i - start], value)
+    return out
+
+
+def convert_layout(params: Any, cfg: ModelConfig) -> Any:
+    """Params of either layout (unrolled or scanned) in the layout `cfg.scan_layers` asks for."""
+    flat = unstack_layers(params)
+    out = {k: v for k, v in flat.items() if not _LAYER_KEY.fullmatch(k)}
+    for start, end in layer_groups(cfg):
+        blocks = [flat[f"layers_{i}"] for i in range(start, end)]
+        out[group_name(start, end)] = blocks[0] if end - start == 1 else jax.tree.map(lambda *xs: _stack(list(xs)),
+                                                                                         *blocks)
+    return out

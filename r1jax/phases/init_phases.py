@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.checkpoint import Checkpointer
-from r1jax.config import ModelConfig
+from r1jax.config import EXECUTION_FIELDS, Execution, ModelConfig
+from r1jax.model.transformer import convert_layout
 from r1jax.phases.runner import RunContext
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -40,8 +41,14 @@ def _checkpoints(workdir: str) -> Checkpointer:
     return Checkpointer(directory)
 
 
-def source_model_config(source: str) -> ModelConfig:
-    """The ModelConfig of an r1jax workdir's latest checkpoint or of a Hugging Face folder's config.json."""
+def source_model_config(source: str, execution: Execution | None = None) -> ModelConfig:
+    """The ModelConfig of an r1jax workdir's latest checkpoint or of a Hugging Face folder's config.json,
+    with `execution`'s settings (dtype, remat, scan_layers, …) applied."""
+    cfg = _stored_model_config(source)
+    return cfg if execution is None else execution.apply(cfg)
+
+
+def _stored_model_config(source: str) -> ModelConfig:
     if not os.path.exists(source):
         raise FileNotFoundError(f"init source {source!r} does not exist")
     if is_hf_folder(source):
@@ -62,28 +69,37 @@ def source_model_config(source: str) -> ModelConfig:
     return ModelConfig.from_dict(meta["model"])
 
 
-def load_source(source: str) -> tuple[ModelConfig, Any, Any]:
-    """(model config, params, tokenizer) of an r1jax workdir or a Hugging Face folder."""
-    cfg = source_model_config(source)
+def load_source(source: str, execution: Execution | None = None) -> tuple[ModelConfig, Any, Any]:
+    """(model config, params, tokenizer) of an r1jax workdir or a Hugging Face folder; the params
+    in the config's param_dtype and layer layout once `execution` is applied."""
+    cfg = source_model_config(source, execution)
     if is_hf_folder(source):
         from r1jax.hf import load_hf
         from r1jax.hf_tokenizer import HFTokenizer
 
         _, params = load_hf(source)
-        return cfg, params, HFTokenizer.load(source)
-    from r1jax.tokenizer import Tokenizer
+        tok = HFTokenizer.load(source)
+    else:
+        from r1jax.tokenizer import Tokenizer
 
-    with _checkpoints(source) as ckpt:
-        if not any(p.startswith("params/") for p in ckpt.leaf_paths()):
-            raise ValueError(f"{source}: its latest checkpoint holds no params (the run stopped before training)")
-        saved, _ = ckpt.restore()
-    params = jax.tree.map(jnp.asarray, saved["params"])
-    return cfg, params, Tokenizer.load(os.path.join(source, "tokenizer.model"))
+        with _checkpoints(source) as ckpt:
+            if not any(p.startswith("params/") for p in ckpt.leaf_paths()):
+                raise ValueError(f"{source}: its latest checkpoint holds no params (the run stopped before training)")
+            saved, _ = ckpt.restore()
+        params = saved["params"]
+        tok = Tokenizer.load(os.path.join(source, "tokenizer.model"))
+    def cast(path, x):  # floating leaves in cfg.param_dtype, except the MoE balancing bias (always f32)
+        keep = not jnp.issubdtype(x.dtype, jnp.floating) or getattr(path[-1], "key", None) == "router_bias"
+        return jnp.asarray(x, x.dtype if keep else jnp.dtype(cfg.param_dtype))
+
+    return cfg, jax.tree_util.tree_map_with_path(cast, convert_layout(params, cfg)), tok
 
 
 def _config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """Fields where the two models compute different functions (how they run, EXECUTION_FIELDS, may differ)."""
     da, db = a.to_dict(), b.to_dict()
-    return [f"{k}: {da.get(k)!r} vs {db.get(k)!r}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
+    return [f"{k}: {da.get(k)!r} vs {db.get(k)!r}" for k in sorted(set(da) | set(db))
+            if da.get(k) != db.get(k) and k not in EXECUTION_FIELDS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +113,7 @@ class InitFromPhase:
     source: str
     name: str = "init"
     tokenizer_only: bool = False
+    execution: Execution | None = None
 
     def state_template(self, ctx: RunContext) -> Any:
         return {}
@@ -113,7 +130,7 @@ class InitFromPhase:
 
                 ctx.set_tokenizer(Tokenizer.load(ctx.tokenizer_path))
             return
-        cfg, params, tok = load_source(self.source)
+        cfg, params, tok = load_source(self.source, self.execution)
         diff = _config_differences(cfg, ctx.model_cfg)
         if diff:
             raise ValueError(f"phase {self.name!r}: the run's model config differs from {self.source}'s "

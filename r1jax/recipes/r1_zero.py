@@ -19,7 +19,7 @@ import os
 import random
 from typing import Any
 
-from r1jax.config import GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig
+from r1jax.config import Execution, GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig
 from r1jax.data import R1_ZERO, ArithmeticConfig, generate_arithmetic, load_jsonl, worked_solution
 
 
@@ -29,6 +29,7 @@ class R1ZeroConfig:
 
     seed: int = 0
     init_from: str = ""  # a Hugging Face folder or r1jax workdir; empty: tokenizer + tiny base trained here
+    init: Execution = Execution()  # how the init_from model runs: init.dtype, init.remat, init.scan_layers, …
     train_jsonl: str = ""  # GSM8K / MATH layout; empty: generated arithmetic
     test_jsonl: str = ""
     task: ArithmeticConfig = ArithmeticConfig(num_ops=2, max_value=9, ops=("+", "-"), allow_negative=False)
@@ -55,10 +56,17 @@ class R1ZeroConfig:
 
 
 def _real(max_new_tokens: int) -> R1ZeroConfig:
-    """The paper's GRPO settings (PAPER.md: lr 3e-6, KL 0.001, G 16) for a model loaded from `init_from`."""
+    """The paper's GRPO settings (PAPER.md: lr 3e-6, KL 0.001, G 16) for a model loaded from `init_from`.
+
+    Runs as an accelerator user wants it: bf16 compute on f32 master weights, every block
+    rematerialized, layers scanned. 8 minibatches of 64 rows (the paper: 16 of 32), so that a
+    minibatch splits over the 64 devices of an 8x8 mesh; on 32 data devices or fewer
+    `--set grpo.num_minibatches=16` gives the paper's.
+    """
     return R1ZeroConfig(
         pretrain_steps=0, rl_steps=1000, eval_every=100, eval_k=16, checkpoint_every=50,
-        grpo=GRPOConfig(group_size=16, prompts_per_step=32, max_new_tokens=max_new_tokens, num_minibatches=16,
+        init=Execution(param_dtype="float32", dtype="bfloat16", remat="full", scan_layers=True),
+        grpo=GRPOConfig(group_size=16, prompts_per_step=32, max_new_tokens=max_new_tokens, num_minibatches=8,
                         kl_beta=0.001, logprob_chunk=512),
         rl_optimizer=OptimizerConfig(learning_rate=3e-6, warmup_steps=10, weight_decay=0.1))
 
@@ -123,7 +131,7 @@ def base_phases(cfg: R1ZeroConfig, train) -> tuple[ModelConfig, list]:
     from r1jax.phases import InitFromPhase, SFTPhase, TokenizerPhase, source_model_config
 
     if cfg.init_from:
-        return source_model_config(cfg.init_from), [InitFromPhase(cfg.init_from)]
+        return source_model_config(cfg.init_from, cfg.init), [InitFromPhase(cfg.init_from, execution=cfg.init)]
     corpus = base_corpus(cfg, train)
     return cfg.model, [
         TokenizerPhase(texts=lambda ctx: [p + c for p, c in corpus], vocab_size=cfg.vocab_size),

@@ -88,6 +88,15 @@ class GRPOTrainer:
         self.tx = make_optimizer(opt_cfg)
         self.lr = learning_rate_schedule(opt_cfg)
         self.mesh = mesh
+        rows = cfg.group_size * cfg.prompts_per_step
+        micro = rows // (cfg.num_minibatches * cfg.grad_accum)
+        n = 1 if mesh is None else sharding.data_devices(mesh)
+        sharding.check_rows(rows, mesh, f"an RL step (group_size·prompts_per_step = {rows})",
+                            "change grpo.group_size or grpo.prompts_per_step")
+        sharding.check_rows(micro, mesh, f"a micro-batch ({rows} rows / num_minibatches {cfg.num_minibatches} "
+                            f"/ grad_accum {cfg.grad_accum})",
+                            f"set grpo.num_minibatches·grpo.grad_accum to a divisor of {rows // n} "
+                            f"(e.g. grpo.num_minibatches={max(1, rows // n)})")
         self.state = init_train_state(params, self.tx)
         state_sharding = None
         if mesh is not None:
@@ -95,7 +104,7 @@ class GRPOTrainer:
             state_sharding = sharding.tree_shardings(self.state, mesh, cfg=model_cfg)
         self.ref_params = jax.tree.map(jnp.copy, self.state.params) if cfg.kl_beta else None
         self._update = make_grpo_step(self.sampler.model, self.tx, cfg, post_update, state_sharding)
-        self._logps = make_logps_fn(self.sampler.model, cfg.logprob_chunk)
+        self._logps = make_logps_fn(self.sampler.model, cfg.logprob_chunk, cfg.num_minibatches * cfg.grad_accum)
         self.seed = seed
         self.rl_step = 0
         self.bad_steps = 0

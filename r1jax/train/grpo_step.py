@@ -3,9 +3,12 @@
     step = make_grpo_step(model, tx, grpo_cfg)
     state, metrics = step(state, batch)          # state is donated
 
-`batch` is a `GRPOBatch` of B = prompts·G rows. Rows are split into
-`num_minibatches` contiguous minibatches (the host shuffles rows beforehand);
-each minibatch's gradient is the mean over `grad_accum` micro-batches. Metrics
+`batch` is a `GRPOBatch` of B = prompts·G rows. Rows are dealt into
+`num_minibatches` strided minibatches (minibatch k holds rows k, k + M, k + 2M, …;
+the host shuffles rows beforehand), and each minibatch's gradient is the mean over
+`grad_accum` micro-batches dealt the same way. Dealt, not cut: with the batch split
+over the devices, each device holds its share of every minibatch, so no update moves
+rows between devices. Metrics
 are means over all updates of the call, plus `skipped` (non-finite updates).
 """
 from __future__ import annotations
@@ -39,20 +42,35 @@ class GRPOBatch:
     advantages_B: jax.Array  # f32
 
 
-def make_logps_fn(model: Transformer, chunk: int) -> Callable[..., jax.Array]:
-    """Jitted log π(completion tokens) for given params, without gradients (old / reference policy)."""
+def make_logps_fn(model: Transformer, chunk: int, row_parts: int = 1) -> Callable[..., jax.Array]:
+    """Jitted log π(completion tokens) for given params, without gradients (old / reference policy).
+
+    `row_parts` > 1 runs the rows in that many dealt parts one after another (as the update's
+    micro-batches), so the activations and one chunk's logits exist for B / row_parts rows at a time.
+    """
+
+    def part_logps(params, part: GRPOBatch) -> jax.Array:
+        out, _ = completion_logps(model, params, part.prompt_BxP, part.prompt_mask_BxP, part.completion_BxT,
+                                  part.completion_mask_BxT, chunk)
+        return jax.lax.stop_gradient(out)
 
     @jax.jit
     def logps(params, batch: GRPOBatch) -> jax.Array:
-        out, _ = completion_logps(model, params, batch.prompt_BxP, batch.prompt_mask_BxP, batch.completion_BxT,
-                                  batch.completion_mask_BxT, chunk)
-        return jax.lax.stop_gradient(out)
+        rows = batch.advantages_B.shape[0]
+        if row_parts == 1 or rows % row_parts:
+            return part_logps(params, batch)
+        out_PxNxT = jax.lax.map(lambda k: part_logps(params, _deal(batch, k, row_parts)), jnp.arange(row_parts))
+        return out_PxNxT.swapaxes(0, 1).reshape(rows, -1)  # row i·parts + k was part k's row i
 
     return logps
 
 
-def _rows(batch: GRPOBatch, start: jax.Array, size: int) -> GRPOBatch:
-    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=0), batch)
+def _deal(batch: GRPOBatch, k: jax.Array, parts: int) -> GRPOBatch:
+    """Part k of `parts`: rows k, k + parts, k + 2·parts, … (a local slice on every device of a row-split batch)."""
+    def take(x):
+        x = x.reshape((x.shape[0] // parts, parts) + x.shape[1:])
+        return jax.lax.dynamic_index_in_dim(x, k, axis=1, keepdims=False)
+    return jax.tree.map(take, batch)
 
 
 def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GRPOConfig,
@@ -81,12 +99,12 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def minibatch_grads(params, mb: GRPOBatch, micro: int):
+    def minibatch_grads(params, mb: GRPOBatch):
         def accumulate(carry, i):
             return jax.tree.map(jnp.add, carry, grads_and_metrics(i)), None
 
         def grads_and_metrics(i):
-            (_, metrics), grads = grad_fn(params, _rows(mb, i * micro, micro))
+            (_, metrics), grads = grad_fn(params, _deal(mb, i, cfg.grad_accum))
             return grads, metrics
 
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grads_and_metrics, 0))
@@ -98,12 +116,11 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
         if rows % (cfg.num_minibatches * cfg.grad_accum):
             raise ValueError(f"batch of {rows} rows does not split into {cfg.num_minibatches} minibatches "
                              f"× {cfg.grad_accum} micro-batches")
-        mb_rows = rows // cfg.num_minibatches
         updates = cfg.inner_epochs * cfg.num_minibatches
 
         def one_update(state, k):
-            mb = _rows(batch, (k % cfg.num_minibatches) * mb_rows, mb_rows)
-            grads, metrics = minibatch_grads(state.params, mb, mb_rows // cfg.grad_accum)
+            mb = _deal(batch, k % cfg.num_minibatches, cfg.num_minibatches)
+            grads, metrics = minibatch_grads(state.params, mb)
             state, opt_metrics = apply_gradients(state, grads, metrics["loss"], tx)
             params, metrics = balance_experts(model, state.params, {**metrics, **opt_metrics})
             state = state.replace(params=params)

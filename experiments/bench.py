@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from r1jax.config import GRPOConfig, ModelConfig, MoEConfig
+from r1jax.config import ATTENTION_KERNELS, GRPOConfig, ModelConfig, MoEConfig
 from r1jax.data.packing import PackedBatch
 from r1jax.model import Transformer, init_params
 from r1jax.sampling import Sampler
@@ -423,8 +423,13 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small shapes and one repeat")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (best is kept)")
     p.add_argument("--chunk", type=int, default=None, help="log-prob chunk of the train steps (default: whole row)")
+    p.add_argument("--attention", default=None, choices=ATTENTION_KERNELS,
+                   help="ModelConfig.attention of models M and M_QUICK (default: 'auto', blockwise on CPU)")
     p.add_argument("--out", default="benchmarks/bench.json")
     args = p.parse_args(argv)
+    if args.attention:
+        global M, M_QUICK
+        M, M_QUICK = (dataclasses.replace(c, attention=args.attention) for c in (M, M_QUICK))
     names = [s for s in args.sections.split(",") if s]
     unknown = set(names) - set(SECTIONS)
     if unknown:
@@ -435,6 +440,7 @@ def main(argv=None) -> int:
     results = {"meta": {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
                         "cpu_count": os.cpu_count(), "machine": platform.machine(), "processor": platform.processor(),
                         "xla_flags": os.environ.get("XLA_FLAGS", ""), "quick": args.quick, "repeats": args.repeats,
+                        "attention": M.attention,
                         "loadavg_start": list(os.getloadavg())}}
     for name in names:
         t = time.perf_counter()

@@ -104,11 +104,7 @@ def positions_from_mask(mask_BxL: jax.Array) -> jax.Array:
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)).
-
-    Called as (x, layer cache, positions, mask, index, token mask) → (x, layer cache): the carry, then
-    the scanned input, then what every layer shares, so `nn.scan` can run a stack of them.
-    """
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); (x, layer cache, …) → (x, layer cache)."""
 
     cfg: ModelConfig
     attention_cls: type[nn.Module] = Attention
@@ -117,11 +113,34 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxE: jax.Array, cache: Any, positions_BxL: jax.Array, mask: AttentionMask,
                  index: jax.Array, mask_BxL: jax.Array | None = None) -> tuple[jax.Array, Any]:
+        return self.forward(x_BxLxE, cache, positions_BxL, mask, index, mask_BxL)
+
+    def forward(self, x_BxLxE, cache, positions_BxL, mask, index, mask_BxL):
         attn_BxLxE, cache = self.attention_cls(self.cfg, name="attn")(
             RMSNorm(self.cfg, name="attn_norm")(x_BxLxE), positions_BxL, mask, cache, index)
         x_BxLxE = constrain(x_BxLxE + attn_BxLxE, "batch", "length", "embed")
         mlp_BxLxE = self.mlp_cls(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxLxE), mask_BxL)
         return constrain(x_BxLxE + mlp_BxLxE, "batch", "length", "embed"), cache
+
+
+class ScanBlock(Block):
+    """A Block as the body of `nn.scan`: ((x, the group's stacked cache or None), layer i, …) → (carry, None).
+
+    The whole stacked cache rides in the carry and layer i reads and writes its own slice of it, so
+    a decode step updates the cache in place; scanned as input and output it would be copied whole.
+    """
+
+    @nn.compact
+    def __call__(self, carry: tuple[jax.Array, Any], i: jax.Array, positions_BxL: jax.Array, mask: AttentionMask,
+                 index: jax.Array, mask_BxL: jax.Array | None = None) -> tuple[tuple[jax.Array, Any], None]:
+        x_BxLxE, stack = carry
+        layer = None if stack is None else jax.tree.map(
+            lambda c: jax.lax.dynamic_index_in_dim(c, i, 0, keepdims=False), stack)
+        x_BxLxE, layer = self.forward(x_BxLxE, layer, positions_BxL, mask, index, mask_BxL)
+        if stack is not None:
+            stack = jax.tree.map(lambda c, u: jax.lax.dynamic_update_index_in_dim(c, u.astype(c.dtype), i, 0),
+                                 stack, layer)
+        return (x_BxLxE, stack), None
 
 
 _SCAN_KEY = re.compile(r"scan_(\d+)_(\d+)")
@@ -130,10 +149,10 @@ REMAT = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_s
 
 
 def block_class(cfg: ModelConfig, layers: int) -> type[nn.Module]:
-    """Block, rematerialized as cfg.remat says, scanned over `layers` stacked copies when more than one."""
-    block = Block
+    """Block, rematerialized as cfg.remat says; a ScanBlock scanned over `layers` stacked copies when more than one."""
+    block = Block if layers == 1 else ScanBlock
     if cfg.remat != "none":
-        block = nn.remat(Block, policy=REMAT[cfg.remat], prevent_cse=layers == 1)
+        block = nn.remat(block, policy=REMAT[cfg.remat], prevent_cse=layers == 1)
     if layers == 1:
         return block
     return nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
@@ -191,9 +210,13 @@ class Transformer(nn.Module):
 
         x_BxLxE = constrain(self.embed(tokens), "batch", "length", "embed")
         layer_caches = []
-        for i, layer in enumerate(self.layers):
-            x_BxLxE, layer_cache = layer(x_BxLxE, None if cache is None else cache.layers[i], positions, mask,
-                                         index, mask_BxL)
+        for i, (layer, (start, end)) in enumerate(zip(self.layers, self.groups)):
+            layer_cache = None if cache is None else cache.layers[i]
+            if end - start == 1:
+                x_BxLxE, layer_cache = layer(x_BxLxE, layer_cache, positions, mask, index, mask_BxL)
+            else:
+                (x_BxLxE, layer_cache), _ = layer((x_BxLxE, layer_cache), jnp.arange(end - start), positions, mask,
+                                                  index, mask_BxL)
             layer_caches.append(layer_cache)
         x_BxLxE = constrain(self.final_norm(x_BxLxE), "batch", "length", "embed")
         if cache is not None:

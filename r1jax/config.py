@@ -187,8 +187,9 @@ class ModelConfig:
     one `nn.scan` (params stacked on a leading 'layers' axis), so compile time does not grow with
     depth; `r1jax.model.stack_layers` / `unstack_layers` convert between the layouts. `attention`
     picks the kernel of cache-free calls and prefill: 'auto' (cuDNN on GPU, splash on TPU,
-    blockwise elsewhere), 'blockwise' (portable online-softmax blocks of `attention_block` slots,
-    memory linear in length), 'dense' (the [L, S] scores whole), 'cudnn' or 'splash'.
+    blockwise elsewhere; on CPU dense for rows of at most one block), 'blockwise' (portable
+    online-softmax blocks of `attention_block` slots, memory linear in length), 'dense' (the
+    [L, S] scores whole), 'cudnn' or 'splash'.
     `qk_norm` RMS-normalizes each query and key head before RoPE (Qwen3). `moe`
     makes feed-forward layers mixtures of experts, `mla` makes every attention
     layer multi-head latent attention (which ignores num_kv_heads and head_dim).

@@ -86,6 +86,8 @@ def test_a_query_that_sees_no_key_gets_zeros_and_no_gradient():
 
 def test_auto_picks_the_platform_kernel_and_falls_back_with_a_cache():
     assert resolve_attention("auto", "cpu") == "blockwise"
+    assert resolve_attention("auto", "cpu", length=512, block=512) == "dense"  # one block: the scores are small
+    assert resolve_attention("auto", "cpu", length=513, block=512) == "blockwise"
     assert resolve_attention("auto", "gpu") == "cudnn" and resolve_attention("auto", "tpu") == "splash"
     assert resolve_attention("auto", "tpu", cached=True) == "blockwise"
     assert resolve_attention("dense", "tpu") == "dense"

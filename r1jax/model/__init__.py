@@ -64,7 +64,7 @@ dtype)` giving its layer cache, whose class names each field's logical axes in
 a class constant `logical_axes` (r1jax.sharding places caches by it). An
 `AttentionMask` holds the parts of the mask (valid slots, the slot of query 0,
 segment ids), never the [B, L, S] matrix; `attention.attend` runs the kernel
-`cfg.attention` picks (blockwise online softmax by default on CPU, memory
+`cfg.attention` picks (on CPU: dense scores for rows of one block, else a blockwise online softmax, memory
 linear in length; `.dense(L)` gives the matrix for the dense paths).
 
 Layer layout: with `cfg.scan_layers` each run of identical consecutive blocks

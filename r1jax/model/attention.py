@@ -74,14 +74,18 @@ class AttentionMask:
         return attention_mask(self.valid_BxS, self.q_offset, length, self.segment_ids_BxL)
 
 
-def resolve_attention(impl: str, backend: str | None = None, cached: bool = False) -> str:
-    """The kernel an `attention` setting runs: 'auto' is cudnn on GPU, splash on TPU, blockwise elsewhere.
+def resolve_attention(impl: str, backend: str | None = None, cached: bool = False, length: int | None = None,
+                      block: int = 512) -> str:
+    """The kernel an `attention` setting runs for L = `length` queries.
 
-    Platform kernels serve cache-free calls (training, log-probs); with a cache (prefill) 'auto'
-    and the platform kernels fall back to the portable blockwise kernel.
+    'auto' is cudnn on GPU and splash on TPU for cache-free calls; elsewhere, and for every
+    prefill into a cache, blockwise, except that on CPU rows of at most one block (L <= `block`)
+    keep the dense scores: they are small there, and XLA:CPU runs them as one matmul.
     """
     backend = backend or jax.default_backend()
     if impl == "auto":
+        if backend == "cpu" and length is not None and length <= block:
+            return "dense"
         impl = {"gpu": "cudnn", "cuda": "cudnn", "rocm": "cudnn", "tpu": "splash"}.get(backend, "blockwise")
     if impl in PLATFORM_KERNELS:
         if cached:
@@ -102,8 +106,8 @@ def attend(q_BxLxHxD: jax.Array, k_BxKxSxD: jax.Array, v_BxKxSxV: jax.Array, mas
     Every kernel computes softmax(q·kᵀ·scale over visible keys)·v with scores and softmax in f32;
     'blockwise' and the platform kernels never hold the [L, S] probabilities (memory linear in length).
     """
-    impl = resolve_attention(cfg.attention, cached=cached)
     batch, length, heads, _ = q_BxLxHxD.shape
+    impl = resolve_attention(cfg.attention, cached=cached, length=length, block=cfg.attention_block)
     kv_heads = k_BxKxSxD.shape[1]
     if impl == "dense":
         causal_block = None if cached else _CAUSAL_BLOCK
@@ -306,7 +310,9 @@ class Attention(nn.Module):
             cache = KVCache(constrain(k_BxKxDxS, "batch", "kv_heads", "head_dim", "cache_length"),
                             constrain(v_BxKxSxD, "batch", "kv_heads", "cache_length", "head_dim"))
             k_BxKxDxS, v_BxKxSxD = cache.k_BxKxDxS.astype(cfg.dtype), cache.v_BxKxSxD.astype(cfg.dtype)
-            if q_BxLxHxD.shape[1] > 1 and cfg.attention != "dense":  # prefill: blocks, skipping the empty slots
+            length = q_BxLxHxD.shape[1]
+            if length > 1 and resolve_attention(cfg.attention, cached=True, length=length,
+                                                block=cfg.attention_block) != "dense":  # prefill in blocks
                 out_BxLxHxD = attend(q_BxLxHxD, k_BxKxDxS.transpose(0, 1, 3, 2), v_BxKxSxD, mask, scale, cfg,
                                      cached=True)
             else:  # decode: one query row per kv-head group, linear in S already

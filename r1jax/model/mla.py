@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.config import ModelConfig
-from r1jax.model.attention import _MASKED, AttentionMask, attend
+from r1jax.model.attention import _MASKED, AttentionMask, attend, resolve_attention
 from r1jax.model.layers import Dense, RMSNorm, constrain
 from r1jax.model.rope import apply_rope, rope_frequencies
 
@@ -112,7 +112,9 @@ class MLA(nn.Module):
                 cache.k_rope_BxSxR, k_rope_BxLxR.astype(cache.k_rope_BxSxR.dtype), start)
             cache = MLACache(constrain(latent_BxSxC, "batch", "cache_length", "kv_lora"),
                              constrain(k_rope_BxSxR, "batch", "cache_length", "head_dim"))
-        length, blocks = q_BxLxHxD.shape[1], cfg.attention != "dense"
+        length = q_BxLxHxD.shape[1]
+        blocks = resolve_attention(cfg.attention, cached=cache is not None, length=length,
+                                   block=cfg.attention_block) != "dense"
         if cache is None and blocks:  # expanded keys and values, one kv head per query head
             k_BxSxHxD = jnp.concatenate([jnp.einsum("bsc,chn->bshn", latent_BxLxC, w_uk_CxHxN), jnp.broadcast_to(
                 k_rope_BxLxR[:, :, None], k_rope_BxLxR.shape[:2] + (heads, rope))], axis=-1)

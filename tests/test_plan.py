@@ -1,0 +1,67 @@
+"""experiments/plan.py: AOT-compiled GRPO-step programs on the 8 test CPU devices, memory from XLA, no weights."""
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def _load_plan():
+    spec = importlib.util.spec_from_file_location("plan", ROOT / "experiments" / "plan.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["plan"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+plan = _load_plan()
+# one layer, 8 rows of a 4-token prompt: every program of an RL step, compiled in seconds
+SMALL = ["--shape", "tiny", "--layers", "1", "--mesh", "2x4", "--quick-compile", "--prompts", "2", "--group-size", "4",
+         "--prompt-len", "4", "--minibatches", "2"]
+
+
+def test_every_program_of_a_step_compiles_and_longer_completions_need_more_temp():
+    short = plan.main(SMALL + ["--new-tokens", "8"])
+    assert {r["program"] for r in short} == set(plan.PROGRAMS)
+    for r in short:
+        assert r["args"] > 0 and r["temp"] > 0 and r["compile_s"] > 0, r
+        assert r["peak"] == r["args"] + r["out"] + r["temp"] - r["alias"]
+        assert r["total"] >= r["peak"]  # plus the resident state the program does not take
+    (long,) = plan.main(SMALL + ["--new-tokens", "32", "--programs", "logps"])
+    (short_logps,) = [r for r in short if r["program"] == "logps"]
+    assert long["temp"] > short_logps["temp"]
+
+
+def test_extrapolation_recovers_a_line_in_depth():
+    fixed = {k: 10.0 + i for i, k in enumerate(plan.METRICS)}
+    per_layer = {k: 3.0 + i for i, k in enumerate(plan.METRICS)}
+
+    def measured(layers):
+        return [{"program": "update", "layers": layers, "full_layers": 28, "model": {"num_layers": layers},
+                 **{k: fixed[k] + per_layer[k] * layers for k in plan.METRICS}}]
+
+    (row,) = plan.extrapolate(measured(2), measured(4))
+    assert row["extrapolated"] and row["layers"] == row["model"]["num_layers"] == 28
+    for k in plan.METRICS:
+        assert row[k] == pytest.approx(fixed[k] + per_layer[k] * 28)
+        assert row["fit"][k] == pytest.approx({"fixed": fixed[k], "per_layer": per_layer[k]})
+
+
+def test_unknown_shape_names_the_known_ones():
+    with pytest.raises(ValueError, match="qwen2.5-1.5b"):
+        plan.main(["--shape", "qwen9"])
+
+
+def test_a_mesh_larger_than_the_devices_says_how_to_get_them():
+    with pytest.raises(ValueError, match="JAX_NUM_CPU_DEVICES"):
+        plan.main(["--shape", "tiny", "--mesh", "8x8"])
+
+
+def test_real_shapes_match_their_config_json():
+    q15 = plan.model_config("qwen2.5-1.5b", [])
+    assert (q15.embed_dim, q15.num_layers, q15.num_heads, q15.num_kv_heads, q15.head_dim) == (1536, 28, 12, 2, 128)
+    assert q15.qkv_bias and q15.tie_embeddings and q15.dtype == "bfloat16" and q15.param_dtype == "float32"
+    ds = plan.model_config("deepseek-v2-lite", ["moe.dispatch=ragged_dot"], layers=3)
+    assert ds.num_layers == 3 and ds.moe.top_k == 6 and ds.moe.dispatch == "ragged_dot" and ds.mla.kv_lora_rank == 512

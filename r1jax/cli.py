@@ -47,31 +47,50 @@ def _parse(value: str, annotation: Any, where: str) -> Any:
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """A copy of dataclass `cfg` with `path.to.field=value` overrides applied (types from annotations)."""
+    """A copy of dataclass `cfg` with `path.to.field=value` overrides applied (types from annotations).
+
+    All overrides of one dataclass are applied together and validated once, so their order does
+    not matter (`grpo.group_size=4 grpo.num_minibatches=1` and the reverse give the same config).
+    """
+    tree: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise OverrideError(f"override {item!r} is not of the form field=value")
         path, value = item.split("=", 1)
-        cfg = _set(cfg, path.strip().split("."), value, path.strip())
-    return cfg
+        names = path.strip().split(".")
+        node = tree
+        for depth, name in enumerate(names):
+            last = depth == len(names) - 1
+            if isinstance(node.get(name), tuple) or (last and isinstance(node.get(name), dict)):
+                raise OverrideError(f"{path.strip()}: set both as a field and as a dataclass with sub-fields")
+            if last:
+                node[name] = (value, path.strip())
+            else:
+                node = node.setdefault(name, {})
+    return _apply(cfg, tree, "")
 
 
-def _set(obj: Any, names: list[str], value: str, full: str) -> Any:
+def _apply(obj: Any, tree: dict[str, Any], prefix: str) -> Any:
     if not dataclasses.is_dataclass(obj):
+        first = next(iter(tree.values()))
+        full = first[1] if isinstance(first, tuple) else prefix.rstrip(".")
         raise OverrideError(f"{full}: {type(obj).__name__} has no fields to set")
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    name = names[0]
-    if name not in fields:
-        raise OverrideError(f"{full}: {type(obj).__name__} has no field {name!r}; fields: {sorted(fields)}")
-    if len(names) > 1:
-        new = _set(getattr(obj, name), names[1:], value, full)
-    else:
-        hints = typing.get_type_hints(type(obj))
-        new = _parse(value, hints[name], full)
+    fields = {f.name for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    changes = {}
+    for name, sub in tree.items():
+        if name not in fields:
+            full = sub[1] if isinstance(sub, tuple) else prefix + name
+            raise OverrideError(f"{full}: {type(obj).__name__} has no field {name!r}; fields: {sorted(fields)}")
+        if isinstance(sub, dict):
+            changes[name] = _apply(getattr(obj, name), sub, prefix + name + ".")
+        else:
+            changes[name] = _parse(sub[0], hints[name], sub[1])
     try:
-        return dataclasses.replace(obj, **{name: new})
+        return dataclasses.replace(obj, **changes)
     except (ValueError, TypeError) as e:
-        raise OverrideError(f"{full}={value}: {e}") from None
+        given = ", ".join(f"{prefix}{k}={v[0]}" for k, v in tree.items() if isinstance(v, tuple))
+        raise OverrideError(f"{given or prefix.rstrip('.')}: {e}") from None
 
 
 def add_common_flags(parser: argparse.ArgumentParser, presets: list[str]) -> None:

@@ -298,9 +298,11 @@ class Execution:
     def __post_init__(self):
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
         try:
-            ModelConfig.tiny(**given)  # the same checks and canonical names as ModelConfig
+            checked = ModelConfig.tiny(**given)  # the same checks and canonical names as ModelConfig
         except ValueError as e:
             raise ValueError(f"Execution: {e}") from None
+        for name in given:
+            object.__setattr__(self, name, getattr(checked, name))
 
     def apply(self, cfg: ModelConfig) -> ModelConfig:
         """`cfg` with every set field replaced."""

@@ -14,6 +14,15 @@ def test_nested_overrides_parse_by_type():
     assert cfg.group_size == 16  # the original is untouched
 
 
+def test_overrides_of_one_dataclass_apply_together_in_any_order():
+    base = GRPOConfig(num_minibatches=16)  # 512 rows; 4 × 2 = 8 rows do not split 16 ways, 1 way they do
+    a = apply_overrides(base, ["group_size=4", "prompts_per_step=2", "num_minibatches=1"])
+    b = apply_overrides(base, ["num_minibatches=1", "prompts_per_step=2", "group_size=4"])
+    assert a == b and (a.group_size, a.prompts_per_step, a.num_minibatches) == (4, 2, 1)  # validated once
+    with pytest.raises(OverrideError, match="num_minibatches"):
+        apply_overrides(base, ["group_size=4", "prompts_per_step=2"])  # 8 rows cannot make 16 minibatches
+
+
 def test_unknown_field_and_bad_values_are_clear_errors():
     with pytest.raises(OverrideError, match="no field 'grup_size'"):
         apply_overrides(GRPOConfig(), ["grup_size=4"])

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from r1jax.checkpoint import Checkpointer
 from r1jax.config import EXECUTION_FIELDS, Execution, ModelConfig
@@ -89,8 +90,9 @@ def load_source(source: str, execution: Execution | None = None) -> tuple[ModelC
         params = saved["params"]
         tok = Tokenizer.load(os.path.join(source, "tokenizer.model"))
     def cast(path, x):  # floating leaves in cfg.param_dtype, except the MoE balancing bias (always f32)
+        x = np.asarray(x)  # on the host: jnp.asarray under a mesh would put a whole copy on every device
         keep = not jnp.issubdtype(x.dtype, jnp.floating) or getattr(path[-1], "key", None) == "router_bias"
-        return jnp.asarray(x, x.dtype if keep else jnp.dtype(cfg.param_dtype))
+        return x if keep else x.astype(jnp.dtype(cfg.param_dtype))
 
     return cfg, jax.tree_util.tree_map_with_path(cast, convert_layout(params, cfg)), tok
 

@@ -163,6 +163,8 @@ class Runner:
                     if ctx.params is not None:  # params from outside (InitFromPhase, a user phase) onto the mesh
                         ctx.params = ctx.place(ctx.params)
                     phase.run(ctx, state if i == start else None, cursor if i == start else None)
+                    if ctx.params is not None:  # sharded before saving: host arrays would be copied to every device
+                        ctx.params = ctx.place(ctx.params)
                     ctx.save(None, {}, done=True)
         finally:
             metrics.close()

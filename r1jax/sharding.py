@@ -40,7 +40,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from r1jax.config import ModelConfig
 from r1jax.logical import BATCH_AXES, DEFAULT_AXES, MESH_AXES, RULES, constrain, logical_rules, logical_to_spec
-from r1jax.model import Cache, init_params, param_logical_axes
+from r1jax.model import Cache, init_params, map_cache, param_logical_axes
 
 __all__ = ["BATCH_AXES", "DEFAULT_AXES", "MESH_AXES", "RULES", "constrain", "logical_rules", "logical_to_spec"]
 
@@ -194,19 +194,8 @@ def abstract_with_shardings(tree: Any, mesh: Mesh, cfg: ModelConfig) -> Any:
 
 
 def cache_shardings(cache: Cache, mesh: Mesh) -> Cache:
-    """Shardings of a decode Cache (or its abstract eval_shape): each layer cache by its class's `logical_axes`
-    (a scanned group's stacked layers first), valid slots by batch, the index replicated."""
-    stacked = cache.stacked or (False,) * len(cache.layers)
-
-    def layer(layer_cache, many: bool):
-        axes = type(layer_cache).logical_axes
-        return layer_cache.replace(**{
-            field: named_sharding(("layers",) * many + names, mesh, getattr(layer_cache, field).shape)
-            for field, names in axes.items()})
-
-    return cache.replace(layers=tuple(layer(c, many) for c, many in zip(cache.layers, stacked)),
-                         valid_BxS=named_sharding(("batch", "cache_length"), mesh, cache.valid_BxS.shape),
-                         index=replicated(mesh))
+    """Shardings of a decode Cache (or its abstract eval_shape), leaf by leaf from `map_cache`'s logical axes."""
+    return map_cache(cache, lambda x, names: named_sharding(names, mesh, x.shape))
 
 
 def data_devices(mesh: Mesh) -> int:

@@ -100,6 +100,7 @@ from r1jax.model.transformer import (
     convert_layout,
     init_cache,
     init_params,
+    map_cache,
     param_logical_axes,
     positions_from_mask,
     repeat_cache,
@@ -109,6 +110,6 @@ from r1jax.model.transformer import (
 __all__ = [
     "Attention", "AttentionMask", "Block", "Cache", "Embed", "KVCache", "LMHead", "MLA", "MLACache", "Mlp", "MoE", "RMSNorm",
     "Transformer", "apply_rope", "attention_mask", "block_parts", "convert_layout", "expert_ffn", "init_cache", "init_params",
-    "is_moe_layer", "moe_aux", "param_logical_axes", "positions_from_mask", "repeat_cache", "rope_frequencies",
+    "is_moe_layer", "map_cache", "moe_aux", "param_logical_axes", "positions_from_mask", "repeat_cache", "rope_frequencies",
     "route", "router_bias_mask", "unstack_layers", "update_router_bias",
 ]

@@ -7,7 +7,7 @@ E embed_dim, V vocab_size.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -74,28 +74,30 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) ->
                  stacked=tuple(stacked))
 
 
-def repeat_cache(cache: Cache, repeats: int) -> Cache:
-    """Each row repeated `repeats` times in place (row b → rows b·g … b·g+g−1), like jnp.repeat(axis=0)."""
-    stacked = cache.stacked or (False,) * len(cache.layers)
-    layers = tuple(jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=int(many)), layer)
-                   for layer, many in zip(cache.layers, stacked))
-    return constrain_cache(cache.replace(layers=layers, valid_BxS=jnp.repeat(cache.valid_BxS, repeats, axis=0)))
-
-
-def constrain_cache(cache: Cache) -> Cache:
-    """Each cache leaf constrained to its logical axes (its class's `logical_axes`) under the current mesh.
-
-    After `repeat_cache` the rows are G times as many as the prompts the prefill ran on: this
-    splits them over every data-like axis instead of keeping the prefill's (coarser) layout.
-    """
+def map_cache(cache: Cache, fn: Callable[[jax.Array, tuple[str, ...]], Any]) -> Cache:
+    """`fn(leaf, logical axis names)` on every cache leaf: layer caches by their class's `logical_axes`
+    (a scanned group's stacked layers first), valid slots by batch, the index with no axes."""
     stacked = cache.stacked or (False,) * len(cache.layers)
 
     def layer(layer_cache, many: bool):
-        return layer_cache.replace(**{field: constrain(getattr(layer_cache, field), *(("layers",) * many + names))
+        return layer_cache.replace(**{field: fn(getattr(layer_cache, field), ("layers",) * many + names)
                                       for field, names in type(layer_cache).logical_axes.items()})
 
     return cache.replace(layers=tuple(layer(c, many) for c, many in zip(cache.layers, stacked)),
-                         valid_BxS=constrain(cache.valid_BxS, "batch", "cache_length"))
+                         valid_BxS=fn(cache.valid_BxS, ("batch", "cache_length")), index=fn(cache.index, ()))
+
+
+def repeat_cache(cache: Cache, repeats: int) -> Cache:
+    """Each row repeated `repeats` times in place (row b → rows b·g … b·g+g−1), like jnp.repeat(axis=0).
+
+    The repeated rows are constrained to their logical axes: G times as many rows as the prefill
+    ran on split over every data-like axis, not kept in the prefill's coarser layout.
+    """
+    def repeat(x, names):
+        if not names:  # the index
+            return x
+        return constrain(jnp.repeat(x, repeats, axis=names.index("batch")), *names)
+    return map_cache(cache, repeat)
 
 
 def positions_from_mask(mask_BxL: jax.Array) -> jax.Array:

@@ -36,6 +36,7 @@ import optax
 
 from r1jax.config import ATTENTION_KERNELS, GRPOConfig, ModelConfig, MoEConfig
 from r1jax.data.packing import PackedBatch
+from r1jax.engine import Engine, SamplingSettings
 from r1jax.model import Transformer, init_params
 from r1jax.sampling import Sampler
 from r1jax.sampling_ops import first_argmax
@@ -347,8 +348,104 @@ def bench_length(args) -> dict:
     return {"batch": 1, "rows": rows, "exponent": alpha, "local_exponents": local}
 
 
+def long_tail_budgets(rows: int, limit: int, seed: int = 0) -> np.ndarray:
+    """Each row's own token budget: lognormal with median limit/5 (σ 1), a tail cut at the limit."""
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(limit / 5 * np.exp(rng.standard_normal(rows))), 1, limit).astype(np.int32)
+
+
+def bench_engine(args) -> dict:
+    """The continuous-batching engine (r1jax.engine) against the static sampler at the same slot count."""
+    cfg = M_QUICK if args.quick else M
+    prompt, slots = (32, 16) if args.quick else (64, 32)
+    limit, rows = (128, 48) if args.quick else (512, 128)
+    params = init_params(cfg, jax.random.key(0))
+    static = Sampler(cfg, eos_id=-1, pad_id=0, prompt_bucket=prompt)
+    out = {"model": "M_QUICK" if args.quick else "M", "slots": slots, "prompt": prompt}
+
+    def engine_for(max_new: int, **kw) -> Engine:
+        return Engine(cfg, pad_id=0, slots=slots, page_size=32, prefill_chunk=prompt, prefill_rows=8, **kw)
+
+    # 1. long tail: the static batch runs every group of `slots` rows to its longest budget
+    budgets = long_tail_budgets(rows, limit)
+    prompts = random_tokens(cfg, (rows, prompt), 11).tolist()
+    greedy = SamplingSettings(max_new_tokens=limit, temperature=0.0)
+    engine = engine_for(limit)
+
+    def run_engine():
+        jax.block_until_ready(engine.generate(params, prompts, jax.random.key(0), settings=greedy,
+                                              budgets=budgets).tokens_BxT)
+
+    def run_static():
+        for start in range(0, rows, slots):
+            top = int(budgets[start:start + slots].max())
+            jax.block_until_ready(static.sample(params, prompts[start:start + slots], jax.random.key(0),
+                                                max_new_tokens=top, temperature=0.0).tokens_BxT)
+    # the static sampler compiles per distinct longest budget: warm all of them first
+    t_engine, ctx = timed(run_engine, 1)
+    t_static = best_time(run_static, 1)
+    generated = int(budgets.sum())
+    out["long_tail"] = {"rows": rows, "limit": limit, "budget_median": float(np.median(budgets)),
+                        "budget_mean": float(budgets.mean()), "generated_tokens": generated,
+                        "engine_s": t_engine, "static_s": t_static, "engine_tokens_per_s": generated / t_engine,
+                        "static_tokens_per_s": generated / t_static, "speedup": t_static / t_engine, **ctx}
+
+    # 2. uniform lengths: today's sampler bench (batch 64, prompt 64, 128 new; --quick smaller)
+    batch, new = (16, 32) if args.quick else (64, 128)
+    uniform = random_tokens(cfg, (batch, prompt), batch).tolist()
+    wide = Engine(cfg, pad_id=0, slots=batch, page_size=32, prefill_chunk=prompt, prefill_rows=batch,
+                  decode_steps=new)
+    settings = SamplingSettings(max_new_tokens=new, temperature=0.0)
+    t_wide, ctx = timed(lambda: jax.block_until_ready(
+        wide.generate(params, uniform, jax.random.key(0), settings=settings).tokens_BxT), args.repeats)
+    t_flat = best_time(lambda: jax.block_until_ready(static.sample(
+        params, uniform, jax.random.key(0), max_new_tokens=new, temperature=0.0).tokens_BxT), args.repeats)
+    out["uniform"] = {"batch": batch, "new_tokens": new, "engine_s": t_wide, "static_s": t_flat,
+                      "engine_tokens_per_s": batch * new / t_wide, "static_tokens_per_s": batch * new / t_flat,
+                      "ratio": t_flat / t_wide, **ctx}
+
+    # 3. one decode step at 128 vs 1,024 filled tokens per slot, pool and page tables for 4,096
+    pool_len, steps = (1024, 8) if args.quick else (4096, 8)
+    slots = 16 if args.quick else 64  # at 64 rows the cache reads, not the weights, are most of a step's bytes
+    static_prompts = random_tokens(cfg, (slots, prompt), 5).tolist()
+    step_engine = Engine(cfg, pad_id=0, slots=slots, page_size=32, decode_steps=steps)
+    max_pages = pool_len // 32
+    state0 = step_engine._init_state(1 + slots * max_pages, max_pages, steps)
+    pages_SxM = jnp.asarray(1 + np.arange(slots * max_pages, dtype=np.int32).reshape(slots, max_pages))
+    decode = {}
+    for filled in (128, 1024 if not args.quick else 512):
+        def one_call(filled=filled):
+            state = jax.tree.map(jnp.copy, state0)
+            state = state.replace(cache=state.cache.replace(lengths_B=jnp.full((slots,), filled, jnp.int32)),
+                                  live_S=jnp.ones((slots,), bool), budget_S=jnp.full((slots,), steps + 1, jnp.int32))
+            jax.block_until_ready(step_engine._decode(params, state, pages_SxM, jnp.asarray(False),
+                                                      stop_ids=()).count_S)
+        decode[filled] = best_time(one_call, args.repeats) / steps
+    static_state = static._start(params, static_prompts, group_size=1, max_new_tokens=pool_len - prompt,
+                                 temperature=0.0, top_p=1.0)
+
+    def static_step():  # the static sampler's step reads all pool_len slots of every row, whatever is filled
+        nonlocal static_state
+        state, temperature_B, top_p_B = static_state
+        state = static._step(params, state, jax.random.key(0), temperature_B, top_p_B, top_k=None)
+        static_state = (jax.block_until_ready(state), temperature_B, top_p_B)
+    static_step_s = best_time(static_step, 4 * args.repeats)
+    out["decode_step"] = {"pool_slots": pool_len, "slots": slots, "step_s": {str(k): v for k, v in decode.items()},
+                          "ratio": decode[max(decode)] / decode[min(decode)], "static_step_s": static_step_s}
+
+    # 4. KV memory of one G = 16 group: prompt 256, 1,024 new (pages the engine holds vs the static cache)
+    g, p_len, new_len, page = 16, 256, 1024, 32
+    per_slot = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4  # f32 keys and values, bytes per token
+    static_bytes = g * (p_len + new_len) * per_slot
+    engine_pages = p_len // page + g * (-(-(p_len + new_len) // page) - p_len // page)
+    out["group_kv"] = {"group": g, "prompt": p_len, "new_tokens": new_len, "static_bytes": static_bytes,
+                       "engine_bytes": engine_pages * page * per_slot, "ratio": static_bytes / (engine_pages * page
+                                                                                                * per_slot)}
+    return out
+
+
 SECTIONS = {"peak": bench_peak, "train": bench_train, "sampler": bench_sampler, "moe": bench_moe,
-            "memory": bench_memory, "length": bench_length}
+            "memory": bench_memory, "length": bench_length, "engine": bench_engine}
 
 
 # ------------------------------------------------------------------ report
@@ -395,6 +492,19 @@ def print_table(results: dict) -> None:
         for r in m["rows"]:
             lines.append(f"| e. log-prob memory | vocab {m['vocab']:,}, length {m['length']:,}, chunk {r['chunk']:,} | "
                          f"{r['temp_bytes'] / 2**30:.2f} GiB temporaries |")
+    if "engine" in results:
+        e = results["engine"]
+        lt, un, ds, kv = e["long_tail"], e["uniform"], e["decode_step"], e["group_kv"]
+        lines.append(f"| g. engine long tail | {lt['rows']} rows, {e['slots']} slots, budgets median "
+                     f"{lt['budget_median']:.0f} of {lt['limit']} | {lt['engine_tokens_per_s']:,.0f} vs static "
+                     f"{lt['static_tokens_per_s']:,.0f} tok/s ({lt['speedup']:.2f}×) |")
+        lines.append(f"| g. engine uniform | B={un['batch']}, {un['new_tokens']} new | {un['engine_tokens_per_s']:,.0f} "
+                     f"vs static {un['static_tokens_per_s']:,.0f} tok/s ({un['ratio']:.2f}×) |")
+        steps = ", ".join(f"{k} filled: {1e3 * v:.1f} ms" for k, v in ds["step_s"].items())
+        lines.append(f"| g. engine decode step | {ds['slots']} slots, {ds['pool_slots']}-slot tables | {steps} "
+                     f"({ds['ratio']:.2f}×) |")
+        lines.append(f"| g. group KV | G={kv['group']}, prompt {kv['prompt']}, {kv['new_tokens']} new (model's f32 KV) | "
+                     f"{kv['engine_bytes'] / 2**20:.0f} MiB vs static {kv['static_bytes'] / 2**20:.0f} MiB |")
     if "length" in results:
         f = results["length"]
         times = ", ".join(f"{r['length']}: {r['step_s']:.2f} s" for r in f["rows"])

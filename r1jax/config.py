@@ -311,6 +311,7 @@ class Execution:
 
 
 OVERLONG_MODES = ("none", "mask", "soft")
+ROLLOUT_SAMPLERS = ("static", "engine")  # r1jax.sampling.Sampler, r1jax.engine.Engine
 
 
 def _check(cls_name: str, condition: bool, message: str) -> None:
@@ -360,7 +361,10 @@ class GRPOConfig:
     completions from the loss, "soft" subtracts a penalty rising linearly from 0
     at max_new_tokens − overlong_buffer to `overlong_penalty` at max_new_tokens
     (DAPO). `dynamic_sampling` drops groups whose rewards are all equal and
-    samples more prompts, at most `max_resample_rounds` times (DAPO).
+    samples more prompts, at most `max_resample_rounds` times (DAPO). `rollout`
+    picks the sampler: "static" (one batch, every row until the longest ends) or
+    "engine" (continuous batching over a paged KV cache, `rollout_slots` decode
+    slots, 0 = one per row, pages of `page_size` tokens).
     """
 
     group_size: int = 16
@@ -387,9 +391,15 @@ class GRPOConfig:
     overlong_penalty: float = 1.0
     logprob_chunk: int = 256
     max_bad_steps: int = 3
+    rollout: str = "static"
+    rollout_slots: int = 0
+    page_size: int = 32
 
     def __post_init__(self):
         c = functools.partial(_check, "GRPOConfig")
+        c(self.rollout in ROLLOUT_SAMPLERS, f"rollout={self.rollout!r} must be one of {ROLLOUT_SAMPLERS}")
+        c(self.rollout_slots >= 0, f"rollout_slots={self.rollout_slots} must be >= 0 (0: one per row)")
+        c(self.page_size >= 1, f"page_size={self.page_size} must be >= 1")
         for name in ("group_size", "prompts_per_step", "max_new_tokens", "inner_epochs", "num_minibatches",
                      "grad_accum", "logprob_chunk", "max_bad_steps"):
             c(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")

@@ -15,6 +15,14 @@ def top_k_mask(logits_BxV: jax.Array, top_k: int | None) -> jax.Array:
     return jnp.where(logits_BxV < kth_Bx1, NEG_INF, logits_BxV)
 
 
+def top_k_mask_rows(logits_BxV: jax.Array, top_k_B: jax.Array) -> jax.Array:
+    """`top_k_mask` with each row's own k (0: no filter)."""
+    vocab = logits_BxV.shape[-1]
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    kth_Bx1 = jnp.take_along_axis(sorted_BxV, jnp.clip(top_k_B - 1, 0, vocab - 1)[:, None], axis=-1)
+    return jnp.where((top_k_B[:, None] > 0) & (logits_BxV < kth_Bx1), NEG_INF, logits_BxV)
+
+
 def top_p_mask(logits_BxV: jax.Array, top_p_B: jax.Array) -> jax.Array:
     """Nucleus filter: keep the smallest set of tokens whose probability reaches top_p.
 
@@ -49,6 +57,10 @@ def _last_positive(p_BxC: jax.Array) -> jax.Array:
     return c - 1 - first_argmax((p_BxC[:, ::-1] > 0).astype(jnp.int32))
 
 
+def _is_key_batch(rng: jax.Array) -> bool:
+    return jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.ndim == 1
+
+
 def sample_categorical(rng: jax.Array, logits_BxV: jax.Array, block: int = 128) -> jax.Array:
     """One draw per row from softmax(logits), by inverse CDF on a single uniform per row.
 
@@ -64,7 +76,11 @@ def sample_categorical(rng: jax.Array, logits_BxV: jax.Array, block: int = 128) 
     p_BxNxC = p_BxV.reshape(batch, n, block)
     mass_BxN = jnp.sum(p_BxNxC, axis=-1)
     cum_BxN = jnp.cumsum(mass_BxN, axis=-1)
-    u_B = jax.random.uniform(rng, (batch,), jnp.float32) * cum_BxN[:, -1]
+    if _is_key_batch(rng):  # one key per row (r1jax.engine: a row's draws do not depend on its neighbours)
+        u_B = jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(rng)
+    else:
+        u_B = jax.random.uniform(rng, (batch,), jnp.float32)
+    u_B = u_B * cum_BxN[:, -1]
     blk_B = jnp.minimum(jnp.sum(cum_BxN <= u_B[:, None], axis=-1), n - 1)
     # rounding can put u at the very end of the CDF: fall back to the last block with mass
     has_mass_B = jnp.take_along_axis(mass_BxN, blk_B[:, None], axis=-1)[:, 0] > 0
@@ -78,8 +94,11 @@ def sample_categorical(rng: jax.Array, logits_BxV: jax.Array, block: int = 128) 
 
 
 def choose_tokens(logits_BxV: jax.Array, rng: jax.Array, temperature_B: jax.Array,
-                  top_p_B: jax.Array, top_k: int | None = None) -> tuple[jax.Array, jax.Array]:
+                  top_p_B: jax.Array, top_k: int | jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Sample one token per row; rows with temperature 0 take the argmax.
+
+    `rng` is one key for the batch, or a batch of typed keys (one per row); `top_k` one int for
+    all rows (None or 0: off) or an int32 array of one per row (0: off for that row).
 
     Returns `(tokens_B, logp_B)` where logp_B is the log-probability of the
     chosen token under the raw model (temperature 1, no filtering): the
@@ -91,7 +110,12 @@ def choose_tokens(logits_BxV: jax.Array, rng: jax.Array, temperature_B: jax.Arra
 
     def sample(_):
         safe_t_B = jnp.where(temperature_B > 0, temperature_B, 1.0)
-        scaled_BxV = top_k_mask(logits_BxV / safe_t_B[:, None], top_k)
+        scaled_BxV = logits_BxV / safe_t_B[:, None]
+        if isinstance(top_k, jax.Array) and top_k.ndim == 1:
+            scaled_BxV = jax.lax.cond(jnp.any(top_k > 0), lambda x: top_k_mask_rows(x, top_k), lambda x: x,
+                                      scaled_BxV)
+        else:
+            scaled_BxV = top_k_mask(scaled_BxV, top_k)
         # the nucleus sort over the vocabulary is skipped when no row asks for it
         scaled_BxV = jax.lax.cond(jnp.all(top_p_B >= 1.0), lambda x: x, lambda x: top_p_mask(x, top_p_B),
                                   scaled_BxV)

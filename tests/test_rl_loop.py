@@ -120,3 +120,17 @@ def test_rewards_run_in_the_pool_and_failures_are_counted(tok):
 def test_wrong_number_of_problems_is_an_error(tok):
     with pytest.raises(ValueError, match="prompts_per_step=4"):
         _trainer(tok).step(_problems("abc"), jax.random.key(0))
+
+
+def test_engine_rollout_gives_the_static_samplers_greedy_rows_and_trains(tok):
+    static = _trainer(tok, temperature=0.0)
+    engine = _trainer(tok, temperature=0.0, rollout="engine", rollout_slots=8, page_size=4)
+    probs = _problems("abcd")
+    a, b = static.rollout(probs, jax.random.key(0)), engine.rollout(probs, jax.random.key(0))
+    assert a.texts == b.texts
+    np.testing.assert_array_equal(a.lengths_B, b.lengths_B)
+    np.testing.assert_array_equal(a.truncated_B, b.truncated_B)
+    np.testing.assert_allclose(a.logps_BxT, b.logps_BxT, atol=2e-5)
+    assert np.isfinite(engine.step(probs, jax.random.key(1))["reward/mean"])
+    with pytest.raises(ValueError, match="rollout='paged'"):
+        GRPOConfig(rollout="paged")

@@ -35,6 +35,15 @@ index + L <= max_len (dynamic_update_slice clamps silently otherwise).
 `repeat_cache(cache, g)` shares a prompt's cache among g samples: row b becomes
 rows b·g … b·g+g−1 (as jnp.repeat(x, g, axis=0)).
 
+Paged cache (`init_paged_cache(cfg, pages, page_size, rows, max_pages)`, a `PagedCache`;
+r1jax.model.paged): every layer's keys and values (MLA: latents) in one pool of pages shared by all
+rows, a page table per row (`pages_BxM`, page 0 the null page) and the tokens each row holds
+(`lengths_B`). A call with one writes each row's real tokens (right padding: the first
+mask.sum(1) of the L) at positions lengths_b, lengths_b + 1, … (`positions` is ignored), attends
+each to its own row's slots up to itself by a loop over the filled pages only, and returns the
+cache with `lengths_B` advanced. Rows may share pages read-only (a prompt's G samples);
+r1jax.engine owns which pages each row uses.
+
 Hidden states without logits (chunked log-probs, so [B, L, V] never exists whole)::
 
     hidden_BxLxE, _ = model.apply(v, tokens, positions, mask, method='hidden')
@@ -98,9 +107,12 @@ from r1jax.model.transformer import (
     Transformer,
     block_parts,
     convert_layout,
+    PagedCache,
     init_cache,
+    init_paged_cache,
     init_params,
     map_cache,
+    map_pages,
     param_logical_axes,
     positions_from_mask,
     repeat_cache,
@@ -109,7 +121,7 @@ from r1jax.model.transformer import (
 
 __all__ = [
     "Attention", "AttentionMask", "Block", "Cache", "Embed", "KVCache", "LMHead", "MLA", "MLACache", "Mlp", "MoE", "RMSNorm",
-    "Transformer", "apply_rope", "attention_mask", "block_parts", "convert_layout", "expert_ffn", "init_cache", "init_params",
-    "is_moe_layer", "map_cache", "moe_aux", "param_logical_axes", "positions_from_mask", "repeat_cache", "rope_frequencies",
+    "PagedCache", "Transformer", "apply_rope", "attention_mask", "block_parts", "convert_layout", "expert_ffn", "init_cache", "init_paged_cache", "init_params",
+    "is_moe_layer", "map_cache", "map_pages", "moe_aux", "param_logical_axes", "positions_from_mask", "repeat_cache", "rope_frequencies",
     "route", "router_bias_mask", "unstack_layers", "update_router_bias",
 ]

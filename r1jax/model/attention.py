@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from r1jax.config import ModelConfig
 from r1jax.model.flash import blockwise_attention
 from r1jax.model.layers import Dense, RMSNorm, constrain
+from r1jax.model.paged import PagedKV, PageTable, paged_attention, token_slots, write_tokens
 from r1jax.model.rope import apply_rope, rope_frequencies
 
 _MASKED = -1e30  # finite, so a query with no visible key gets a uniform (ignored) row, not NaN
@@ -273,10 +274,19 @@ class Attention(nn.Module):
         shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
         return KVCache(jnp.zeros((batch, cfg.num_kv_heads, cfg.head_dim, max_len), dtype), jnp.zeros(shape, dtype))
 
+    @staticmethod
+    def init_paged(cfg: ModelConfig, pages: int, page_size: int, dtype: jnp.dtype) -> PagedKV:
+        """A zeroed pool of `pages` pages of `page_size` slots: keys and values (P, K, N, D)."""
+        shape = (pages, cfg.num_kv_heads, page_size, cfg.head_dim)
+        return PagedKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
     @nn.compact
-    def __call__(self, x_BxLxE: jax.Array, positions_BxL: jax.Array, mask: AttentionMask,
-                 cache: KVCache | None, index: jax.Array) -> tuple[jax.Array, KVCache | None]:
-        """Attends the L new tokens (written at slots [index, index+L) of the cache, if any) to the keys `mask` allows."""
+    def __call__(self, x_BxLxE: jax.Array, positions_BxL: jax.Array, mask: AttentionMask | PageTable,
+                 cache: KVCache | PagedKV | None, index: jax.Array) -> tuple[jax.Array, KVCache | PagedKV | None]:
+        """Attends the L new tokens (written at slots [index, index+L) of the cache, if any) to the keys `mask` allows.
+
+        With a paged cache `mask` is the call's `PageTable` and `index` is unused.
+        """
         cfg = self.cfg
 
         def proj(heads: int, head_axis: str, name: str) -> Dense:
@@ -299,7 +309,9 @@ class Attention(nn.Module):
 
         v_BxKxLxD = v_BxLxKxD.transpose(0, 2, 1, 3)
         scale = cfg.head_dim ** -0.5
-        if cache is None:  # query l sits on slot l
+        if isinstance(cache, PagedKV):
+            out_BxLxHxD, cache = self._paged(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask, cache, scale)
+        elif cache is None:  # query l sits on slot l
             out_BxLxHxD = attend(q_BxLxHxD, k_BxLxKxD.transpose(0, 2, 1, 3), v_BxKxLxD, mask, scale, cfg)
         else:
             k_BxKxDxS = jax.lax.dynamic_update_slice(
@@ -321,3 +333,18 @@ class Attention(nn.Module):
         out_BxLxE = Dense(cfg, (cfg.embed_dim,), ("heads", "head_dim", "embed"), num_in=2, use_bias=cfg.out_bias,
                           name="o")(out_BxLxHxD)
         return out_BxLxE, cache
+
+    def _paged(self, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, table: PageTable, cache: PagedKV, scale: float):
+        """Writes the real new tokens into their pages, then attends over each row's pages."""
+        batch, length, heads, _ = q_BxLxHxD.shape
+        page_size, kv_heads = cache.k_PxKxNxD.shape[2], cache.k_PxKxNxD.shape[1]
+        page_BxL, slot_BxL = token_slots(table, length, page_size)
+        cache = PagedKV(write_tokens(cache.k_PxKxNxD, k_BxLxKxD, page_BxL, slot_BxL, 2),
+                        write_tokens(cache.v_PxKxNxD, v_BxLxKxD, page_BxL, slot_BxL, 2))
+
+        def read_page(page_B):
+            return cache.k_PxKxNxD[page_B], cache.v_PxKxNxD[page_B]
+
+        q_BxLxKxGxD = q_BxLxHxD.reshape(batch, length, kv_heads, heads // kv_heads, -1)
+        out = paged_attention(q_BxLxKxGxD, read_page, table, page_size, scale)
+        return out.reshape(batch, length, heads, -1), cache

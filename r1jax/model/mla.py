@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from r1jax.config import ModelConfig
 from r1jax.model.attention import _MASKED, AttentionMask, attend, resolve_attention
 from r1jax.model.layers import Dense, RMSNorm, constrain
+from r1jax.model.paged import PagedLatent, PageTable, paged_attention, token_slots, write_tokens
 from r1jax.model.rope import apply_rope, rope_frequencies
 
 LATENT_NORM_EPS = 1e-6  # DeepSeek's latent norms use the default eps, whatever rms_norm_eps says
@@ -78,6 +79,12 @@ class MLA(nn.Module):
         return MLACache(jnp.zeros((batch, max_len, cfg.mla.kv_lora_rank), dtype),
                         jnp.zeros((batch, max_len, cfg.mla.qk_rope_dim), dtype))
 
+    @staticmethod
+    def init_paged(cfg: ModelConfig, pages: int, page_size: int, dtype: jnp.dtype) -> PagedLatent:
+        """A zeroed pool of latents (P, N, C) and RoPE keys (P, N, R)."""
+        return PagedLatent(jnp.zeros((pages, page_size, cfg.mla.kv_lora_rank), dtype),
+                           jnp.zeros((pages, page_size, cfg.mla.qk_rope_dim), dtype))
+
     @nn.compact
     def __call__(self, x_BxLxE: jax.Array, positions_BxL: jax.Array, mask: AttentionMask,
                  cache: MLACache | None, index: jax.Array) -> tuple[jax.Array, MLACache | None]:
@@ -104,6 +111,11 @@ class MLA(nn.Module):
                               name="kv_b")()
         w_uk_CxHxN, w_uv_CxHxV = kv_up_CxHxNV[..., :nope], kv_up_CxHxNV[..., nope:]
 
+        if isinstance(cache, PagedLatent):
+            out_BxLxHxV, cache = self._paged(q_nope_BxLxHxN, q_rope_BxLxHxR, latent_BxLxC, k_rope_BxLxR, w_uk_CxHxN,
+                                             w_uv_CxHxV, mask, cache)
+            out_BxLxE = Dense(cfg, (cfg.embed_dim,), ("heads", "head_dim", "embed"), num_in=2, name="o")(out_BxLxHxV)
+            return out_BxLxE, cache
         if cache is not None:
             start = (jnp.int32(0), index, jnp.int32(0))
             latent_BxSxC = jax.lax.dynamic_update_slice(
@@ -136,6 +148,22 @@ class MLA(nn.Module):
         out_BxLxHxV = constrain(out_BxLxHxV, "batch", "length", "heads", "head_dim")
         out_BxLxE = Dense(cfg, (cfg.embed_dim,), ("heads", "head_dim", "embed"), num_in=2, name="o")(out_BxLxHxV)
         return out_BxLxE, cache
+
+    def _paged(self, q_nope_BxLxHxN, q_rope_BxLxHxR, latent_BxLxC, k_rope_BxLxR, w_uk_CxHxN, w_uv_CxHxV,
+               table: PageTable, cache: PagedLatent):
+        """Absorbed attention over each row's latent pages (one shared kv head), after writing the new latents."""
+        page_size = cache.latent_PxNxC.shape[1]
+        page_BxL, slot_BxL = token_slots(table, latent_BxLxC.shape[1], page_size)
+        cache = PagedLatent(write_tokens(cache.latent_PxNxC, latent_BxLxC, page_BxL, slot_BxL, 1),
+                            write_tokens(cache.k_rope_PxNxR, k_rope_BxLxR, page_BxL, slot_BxL, 1))
+
+        def read_page(page_B):
+            latent_BxNxC = cache.latent_PxNxC[page_B]
+            return jnp.concatenate([latent_BxNxC, cache.k_rope_PxNxR[page_B]], axis=-1)[:, None], latent_BxNxC[:, None]
+
+        q_BxLxHxCR = jnp.concatenate([jnp.einsum("blhn,chn->blhc", q_nope_BxLxHxN, w_uk_CxHxN), q_rope_BxLxHxR], -1)
+        out_BxLx1xHxC = paged_attention(q_BxLxHxCR[:, :, None], read_page, table, page_size, softmax_scale(self.cfg))
+        return jnp.einsum("blhc,chv->blhv", out_BxLx1xHxC[:, :, 0], w_uv_CxHxV), cache
 
     def _dense(self, q_nope_BxLxHxN, q_rope_BxLxHxR, latent_BxLxC, k_rope_BxLxR, w_uk_CxHxN, w_uv_CxHxV,
                allowed_BxLxS, cache: MLACache | None) -> jax.Array:

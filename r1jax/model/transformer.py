@@ -20,6 +20,7 @@ from r1jax.model.attention import Attention, AttentionMask
 from r1jax.model.layers import Embed, LMHead, Mlp, RMSNorm, constrain
 from r1jax.model.mla import MLA
 from r1jax.model.moe import MoE, is_moe_layer
+from r1jax.model.paged import PageTable
 
 
 def block_parts(cfg: ModelConfig, layer: int) -> tuple[type[nn.Module], type[nn.Module]]:
@@ -61,17 +62,54 @@ class Cache:
     stacked: tuple[bool, ...] = flax.struct.field(pytree_node=False, default=())
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
-    """An empty cache of `max_len` slots; `dtype` defaults to the compute dtype."""
-    dtype = jnp.dtype(cfg.dtype if dtype is None else dtype)
+def _group_caches(cfg: ModelConfig, make: Callable[[type[nn.Module]], Any]) -> tuple[tuple, tuple[bool, ...]]:
+    """(one layer cache per layer group, stacked on a leading axis for scanned groups; which are stacked),
+    each layer's from `make(attention class)`."""
     layers, stacked = [], []
     for start, end in layer_groups(cfg):
-        one = block_parts(cfg, start)[0].init_cache(cfg, batch, max_len, dtype)
+        one = make(block_parts(cfg, start)[0])
         many = end - start > 1
         layers.append(jax.tree.map(lambda x: jnp.zeros((end - start,) + x.shape, x.dtype), one) if many else one)
         stacked.append(many)
-    return Cache(layers=tuple(layers), valid_BxS=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
-                 stacked=tuple(stacked))
+    return tuple(layers), tuple(stacked)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
+    """An empty cache of `max_len` slots; `dtype` defaults to the compute dtype."""
+    dtype = jnp.dtype(cfg.dtype if dtype is None else dtype)
+    layers, stacked = _group_caches(cfg, lambda attention: attention.init_cache(cfg, batch, max_len, dtype))
+    return Cache(layers=layers, valid_BxS=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
+                 stacked=stacked)
+
+
+@flax.struct.dataclass
+class PagedCache:
+    """Decode state over a page pool: one pool per layer group (stacked like `Cache`), and the rows' page tables.
+
+    A call writes each row's real new tokens after its `lengths_B` tokens and returns the cache with
+    `lengths_B` advanced by them; the caller owns which pages each row may use (r1jax.engine).
+    """
+
+    layers: tuple[Any, ...]
+    pages_BxM: jax.Array  # int32: each row's page ids in token order (0: the null page)
+    lengths_B: jax.Array  # int32: tokens each row holds
+    stacked: tuple[bool, ...] = flax.struct.field(pytree_node=False, default=())
+
+
+def init_paged_cache(cfg: ModelConfig, pages: int, page_size: int, rows: int, max_pages: int,
+                     dtype: Any = None) -> PagedCache:
+    """A zeroed pool of `pages` pages (page 0 the null page) and `rows` empty page tables of `max_pages` entries."""
+    dtype = jnp.dtype(cfg.dtype if dtype is None else dtype)
+    layers, stacked = _group_caches(cfg, lambda attention: attention.init_paged(cfg, pages, page_size, dtype))
+    return PagedCache(layers=layers, pages_BxM=jnp.zeros((rows, max_pages), jnp.int32),
+                      lengths_B=jnp.zeros((rows,), jnp.int32), stacked=stacked)
+
+
+def map_pages(cache: PagedCache, fn: Callable[[jax.Array, int], Any]) -> PagedCache:
+    """`fn(pool leaf, its page axis)` on every pool leaf (axis 1 in a scanned group's stacked pools, else 0)."""
+    stacked = cache.stacked or (False,) * len(cache.layers)
+    return cache.replace(layers=tuple(jax.tree.map(lambda x, many=many: fn(x, int(many)), c)
+                                      for c, many in zip(cache.layers, stacked)))
 
 
 def map_cache(cache: Cache, fn: Callable[[jax.Array, tuple[str, ...]], Any]) -> Cache:
@@ -185,9 +223,13 @@ class Transformer(nn.Module):
         return self.logits(hidden_BxLxE), cache
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array | None = None,
-               cache: Cache | None = None, segment_ids: jax.Array | None = None
-               ) -> tuple[jax.Array, Cache | None]:
-        """(final-norm hidden states B×L×E in the compute dtype, updated cache or None)."""
+               cache: Cache | PagedCache | None = None, segment_ids: jax.Array | None = None
+               ) -> tuple[jax.Array, Cache | PagedCache | None]:
+        """(final-norm hidden states B×L×E in the compute dtype, updated cache or None).
+
+        With a `PagedCache` each row's real tokens come first (right padding: `mask` True for the
+        first new_b of the L) and sit at positions `lengths_B` + 0, 1, …: `positions` is ignored.
+        """
         batch, length = tokens.shape
         if positions.shape != (batch, length):
             raise ValueError(f"positions shape {positions.shape} != tokens shape {tokens.shape}")
@@ -199,13 +241,18 @@ class Transformer(nn.Module):
         if mask_BxL.shape != (batch, length):
             raise ValueError(f"mask shape {mask_BxL.shape} != tokens shape {tokens.shape}")
 
-        if cache is None:
+        if isinstance(cache, PagedCache):
+            index = jnp.zeros((), jnp.int32)
+            mask = PageTable(cache.pages_BxM, cache.lengths_B, jnp.sum(mask_BxL, axis=1, dtype=jnp.int32))
+            positions = cache.lengths_B[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :]
+        elif cache is None:
             index = jnp.zeros((), jnp.int32)
             valid_BxS = mask_BxL
         else:
             index = cache.index
             valid_BxS = jax.lax.dynamic_update_slice(cache.valid_BxS, mask_BxL, (jnp.int32(0), index))
-        mask = AttentionMask(valid_BxS, index, segment_ids)
+        if not isinstance(cache, PagedCache):
+            mask = AttentionMask(valid_BxS, index, segment_ids)
         if cache is not None and len(cache.layers) != len(self.groups):
             raise ValueError(f"cache has {len(cache.layers)} layer groups, the model {len(self.groups)} "
                              "(build it with init_cache of the same config)")
@@ -221,7 +268,9 @@ class Transformer(nn.Module):
                                                   index, mask_BxL)
             layer_caches.append(layer_cache)
         x_BxLxE = constrain(self.final_norm(x_BxLxE), "batch", "length", "embed")
-        if cache is not None:
+        if isinstance(cache, PagedCache):
+            cache = cache.replace(layers=tuple(layer_caches), lengths_B=cache.lengths_B + mask.new_B)
+        elif cache is not None:
             cache = cache.replace(layers=tuple(layer_caches), valid_BxS=valid_BxS, index=index + length)
         return x_BxLxE, cache
 

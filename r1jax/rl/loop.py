@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from r1jax import sharding
 from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
 from r1jax.data import Problem
+from r1jax.engine import Engine, SamplingSettings
 from r1jax.rewards import RewardPool, WeightedReward, combine_rewards
 from r1jax.rl.grpo import group_advantages
 from r1jax.sampling import Sampler
@@ -85,6 +86,10 @@ class GRPOTrainer:
         self.add_bos = add_bos
         self.sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                                prompt_bucket=prompt_bucket)
+        self.engine = None
+        if cfg.rollout == "engine":
+            self.engine = Engine(model_cfg, pad_id=tokenizer.pad_id, page_size=cfg.page_size,
+                                 slots=cfg.rollout_slots or cfg.group_size * cfg.prompts_per_step)
         self.tx = make_optimizer(opt_cfg)
         self.lr = learning_rate_schedule(opt_cfg)
         self.mesh = mesh
@@ -115,8 +120,14 @@ class GRPOTrainer:
         cfg, g = self.cfg, self.cfg.group_size
         prompts = [self.template.render(p.question) for p in problems]
         prompt_ids = [self.tok.encode(t, add_bos=self.add_bos) for t in prompts]
-        out = self.sampler.sample(self.state.params, prompt_ids, rng, group_size=g,
-                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        if self.engine is not None:
+            settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                        top_p=cfg.top_p, stop_ids=(self.tok.eos_id,))
+            out = self.engine.generate(self.state.params, prompt_ids, rng, group_size=g, settings=settings)
+        else:
+            out = self.sampler.sample(self.state.params, prompt_ids, rng, group_size=g,
+                                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                      top_p=cfg.top_p)
         completion_BxT, logps_BxT, lengths_B, truncated_B = sharding.to_host(
             (out.tokens_BxT, out.logps_BxT, out.lengths_B, out.truncated_B))
         texts = [self.tok.decode(row[:n]) for row, n in zip(completion_BxT, lengths_B)]

@@ -1,0 +1,114 @@
+"""A paged KV cache: one pool of fixed-size pages shared by every decode slot, and attention that reads
+only the pages a row has filled.
+
+Each layer's cache is a pool of P pages of N token slots (`PagedKV` for grouped-query attention,
+`PagedLatent` for MLA's latents). A row (a decode slot, or a prompt being prefilled) owns a list
+of page ids, its page table; its token t sits at slot t % N of page `pages[t // N]`. Rows may share
+pages read-only: the G samples of a prompt point at the prompt's full pages. Page 0 is the null
+page: unused page-table entries and the writes of padding tokens go there, and it is never read
+unmasked.
+
+A call with L new tokens per row (`PageTable`: the page ids, how many tokens each row holds
+already, how many of the L are real) writes the real tokens' keys and values into their pages,
+then attends each query at position `lengths_B + l` to every slot up to itself. The attention is a
+`lax.fori_loop` over page columns with an online softmax (as FlashAttention), up to the largest
+number of pages any row of the call has filled: a decode step's cost follows the live context, not
+the pool's size or the longest budget.
+
+Shape legend: B rows, L new tokens per row, M pages per row (page-table width), P pages in the
+pool, N slots per page, K kv heads, G query heads per kv head, D key dim, V value dim, C MLA latent
+dim, R MLA RoPE dim, Q = G·L query rows per kv head.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+
+_MASKED = -1e30
+
+
+@flax.struct.dataclass
+class PageTable:
+    """Where each row's tokens live in the pool, for one call of L new tokens per row."""
+
+    pages_BxM: jax.Array  # int32: the row's page ids in token order (0, the null page, where unused)
+    lengths_B: jax.Array  # int32: tokens the row's pages hold before this call (the first new token's position)
+    new_B: jax.Array  # int32: how many of the L new tokens are real (they come first; the rest are padding)
+
+
+@flax.struct.dataclass
+class PagedKV:
+    """One layer's RoPE'd keys and values, by page."""
+
+    k_PxKxNxD: jax.Array
+    v_PxKxNxD: jax.Array
+    logical_axes = {"k_PxKxNxD": ("pages", "kv_heads", "page_slot", "head_dim"),
+                    "v_PxKxNxD": ("pages", "kv_heads", "page_slot", "head_dim")}  # a class constant
+
+
+@flax.struct.dataclass
+class PagedLatent:
+    """One MLA layer's normalized KV latents and RoPE'd shared keys, by page."""
+
+    latent_PxNxC: jax.Array
+    k_rope_PxNxR: jax.Array
+    logical_axes = {"latent_PxNxC": ("pages", "page_slot", "kv_lora"),
+                    "k_rope_PxNxR": ("pages", "page_slot", "head_dim")}  # a class constant
+
+
+def token_slots(table: PageTable, length: int, page_size: int) -> tuple[jax.Array, jax.Array]:
+    """(page_BxL, slot_BxL): where each of the L new tokens is written; padding goes to the null page."""
+    pos_BxL = table.lengths_B[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :]
+    real_BxL = jnp.arange(length, dtype=jnp.int32)[None, :] < table.new_B[:, None]
+    column_BxL = jnp.minimum(pos_BxL // page_size, table.pages_BxM.shape[1] - 1)
+    page_BxL = jnp.where(real_BxL, jnp.take_along_axis(table.pages_BxM, column_BxL, axis=1), 0)
+    return page_BxL, jnp.where(real_BxL, pos_BxL % page_size, 0)
+
+
+def write_tokens(pool: jax.Array, new_BxLx: jax.Array, page_BxL: jax.Array, slot_BxL: jax.Array,
+                 slot_axis: int) -> jax.Array:
+    """`pool` with each new token's vector at (page, slot); `slot_axis` is the pool's slot axis (1 or 2)."""
+    if slot_axis == 1:  # P×N×…: the token's vector is the trailing dims
+        return pool.at[page_BxL, slot_BxL].set(new_BxLx.astype(pool.dtype))
+    return pool.at[page_BxL, :, slot_BxL].set(new_BxLx.astype(pool.dtype))  # P×K×N×D ← B×L×K×D
+
+
+def paged_attention(q_BxLxKxGxD: jax.Array, read_page: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
+                    table: PageTable, page_size: int, scale: float) -> jax.Array:
+    """softmax(q·kᵀ·scale over each query's own row up to its position)·v, out B×L×K×G×V in q's dtype.
+
+    `read_page(page_B)` gives (k_BxKxNxD, v_BxKxNxV) of one page per row. Scores and softmax in f32.
+    The loop runs over page columns 0 … (most pages any row of the call fills) − 1.
+    """
+    batch, length, kv_heads, groups, dim = q_BxLxKxGxD.shape
+    dtype = q_BxLxKxGxD.dtype
+    q_BxKxQxD = q_BxLxKxGxD.transpose(0, 2, 1, 3, 4).reshape(batch, kv_heads, length * groups, dim)
+    q_pos_BxQ = jnp.repeat(table.lengths_B[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :], groups, axis=1)
+    filled_B = table.lengths_B + table.new_B
+    columns = jnp.minimum(jnp.max(-(-filled_B // page_size)), table.pages_BxM.shape[1])
+
+    def column(j, carry):
+        m_BxKxQ, l_BxKxQ, o_BxKxQxV = carry
+        k_BxKxNxD, v_BxKxNxV = read_page(jax.lax.dynamic_index_in_dim(table.pages_BxM, j, 1, keepdims=False))
+        s_BxKxQxN = jnp.einsum("bkqd,bknd->bkqn", q_BxKxQxD, k_BxKxNxD.astype(dtype),
+                               preferred_element_type=jnp.float32) * scale
+        slot_N = j * page_size + jnp.arange(page_size, dtype=jnp.int32)
+        visible_Bx1xQxN = (slot_N[None, None, :] <= q_pos_BxQ[:, :, None])[:, None]
+        s_BxKxQxN = jnp.where(visible_Bx1xQxN, s_BxKxQxN, _MASKED)
+        m_new = jnp.maximum(m_BxKxQ, jnp.max(s_BxKxQxN, axis=-1))
+        p_BxKxQxN = jnp.where(visible_Bx1xQxN, jnp.exp(s_BxKxQxN - m_new[..., None]), 0.0)
+        alpha = jnp.exp(m_BxKxQ - m_new)
+        o_BxKxQxV = o_BxKxQxV * alpha[..., None] + jnp.einsum(
+            "bkqn,bknv->bkqv", p_BxKxQxN.astype(dtype), v_BxKxNxV.astype(dtype), preferred_element_type=jnp.float32)
+        return m_new, l_BxKxQ * alpha + jnp.sum(p_BxKxQxN, axis=-1), o_BxKxQxV
+
+    v_dim = jax.eval_shape(read_page, table.pages_BxM[:, 0])[1].shape[-1]
+    init = (jnp.full((batch, kv_heads, length * groups), _MASKED, jnp.float32),
+            jnp.zeros((batch, kv_heads, length * groups), jnp.float32),
+            jnp.zeros((batch, kv_heads, length * groups, v_dim), jnp.float32))
+    _, l_BxKxQ, o_BxKxQxV = jax.lax.fori_loop(0, columns, column, init)
+    out_BxKxQxV = o_BxKxQxV / jnp.where(l_BxKxQ > 0, l_BxKxQ, 1.0)[..., None]
+    return out_BxKxQxV.reshape(batch, kv_heads, length, groups, v_dim).transpose(0, 2, 1, 3, 4).astype(dtype)

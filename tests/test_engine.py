@@ -1,0 +1,172 @@
+"""The continuous-batching engine over a paged KV cache against the static sampler and the full forward pass."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax.config import MLAConfig, ModelConfig
+from r1jax.engine import Engine, SamplingSettings
+from r1jax.model import Transformer, init_params
+from r1jax.sampling import Sampler
+from r1jax.sampling_ops import top_k_mask, top_k_mask_rows
+
+PAD = 0
+CFG = ModelConfig.tiny(vocab_size=48)
+# lengths around the page size (4): within one page, exactly one, across pages, across prefill chunks (6)
+PROMPTS = [[5, 9, 14, 3], [7, 22], [30, 31, 32, 33, 34, 35, 36], [11], [40, 2, 7, 9, 13, 17, 21, 25, 29, 33, 37]]
+GREEDY = SamplingSettings(max_new_tokens=10, temperature=0.0)
+
+
+def _engine(cfg=CFG, slots=3, **kw):
+    return Engine(cfg, pad_id=PAD, slots=slots, page_size=4, prefill_chunk=6, prefill_rows=2, decode_steps=4, **kw)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return init_params(CFG, jax.random.key(0))
+
+
+def _rows(out):
+    return [np.asarray(out.tokens_BxT[b, :int(out.lengths_B[b])]).tolist() for b in range(out.tokens_BxT.shape[0])]
+
+
+def _full_logps(cfg, params, sequences, width=32):
+    """log_softmax of one cache-free forward over every sequence, right-padded to `width` (one compile)."""
+    seq = np.zeros((len(sequences), width), np.int32)
+    for i, s in enumerate(sequences):
+        seq[i, :len(s)] = s
+    positions = np.broadcast_to(np.arange(width), seq.shape)  # right padding: earlier positions see none of it
+    logits, _ = Transformer(cfg).apply({"params": params}, jnp.asarray(seq), jnp.asarray(positions))
+    return np.asarray(jax.nn.log_softmax(logits, axis=-1))
+
+
+@pytest.mark.parametrize("variant", ["gqa", "mla_scan"])
+def test_greedy_tokens_and_logps_equal_the_static_sampler(params, variant):
+    cfg, p = CFG, params
+    if variant != "gqa":  # MLA's latent pages in a scanned group (stacked pools)
+        cfg = ModelConfig.tiny(vocab_size=48, scan_layers=True,
+                               mla=MLAConfig(kv_lora_rank=12, qk_nope_dim=6, qk_rope_dim=4, v_head_dim=10))
+        p = init_params(cfg, jax.random.key(1))
+    static = Sampler(cfg, eos_id=-1, pad_id=PAD, prompt_bucket=4).sample(
+        p, PROMPTS, jax.random.key(0), group_size=2, max_new_tokens=10, temperature=0.0)
+    engine = _engine(cfg)  # 3 slots for 10 rows: slots are refilled as rows end
+    out = engine.generate(p, PROMPTS, jax.random.key(0), group_size=2, settings=GREEDY)
+    assert _rows(out) == _rows(static)
+    np.testing.assert_allclose(np.asarray(out.logps_BxT), np.asarray(static.logps_BxT), atol=2e-5)
+    assert np.asarray(out.truncated_B).all() and (np.asarray(out.lengths_B) == 10).all()
+    assert engine.pool.in_use == 0
+
+
+def test_sampled_logps_are_raw_model_logprobs_with_per_row_settings(params):
+    out = _engine().generate(params, PROMPTS[:3], jax.random.key(2), group_size=2,
+                             settings=SamplingSettings(max_new_tokens=8, temperature=0.7, top_p=0.9, top_k=5),
+                             temperature=[0.7, 1.3, 0.0], top_k=[5, 0, 0])
+    rows = _rows(out)
+    logps = _full_logps(CFG, params, [PROMPTS[b // 2] + row for b, row in enumerate(rows)])
+    for b, completion in enumerate(rows):
+        prompt, logp = PROMPTS[b // 2], logps[b]
+        np.testing.assert_allclose(np.asarray(out.logps_BxT[b, :len(completion)]),
+                                   [logp[len(prompt) - 1 + t, tok] for t, tok in enumerate(completion)], atol=2e-5)
+        if b // 2 == 2:  # temperature 0 for prompt 2: greedy
+            assert completion == [int(np.argmax(logp[len(prompt) - 1 + t])) for t in range(len(completion))]
+        if b // 2 == 0:  # top-k 5: every token among the 5 most likely
+            for t, tok in enumerate(completion):
+                assert tok in np.argsort(-logp[len(prompt) - 1 + t])[:5]
+    assert rows[0] != rows[1] or rows[2] != rows[3]  # samples of a prompt differ
+
+
+def test_tokens_depend_on_the_request_only_not_on_slots_or_order(params):
+    settings = SamplingSettings(max_new_tokens=9, temperature=1.0, stop_ids=(3, 17))
+    rng = jax.random.key(7)
+    few = _engine(slots=2).generate(params, PROMPTS, rng, group_size=3, settings=settings)
+    many = _engine(slots=8).generate(params, PROMPTS, rng, group_size=3, settings=settings)
+    order = [3, 0, 4, 2, 1]
+    shuffled = _engine(slots=2).generate(params, [PROMPTS[i] for i in order], rng, group_size=3, settings=settings)
+    assert _rows(few) == _rows(many)
+    by_prompt = {i: _rows(shuffled)[3 * k:3 * k + 3] for k, i in enumerate(order)}
+    assert [row for i in range(len(PROMPTS)) for row in by_prompt[i]] == _rows(few)
+    np.testing.assert_array_equal(np.asarray(few.logps_BxT), np.asarray(many.logps_BxT))
+
+
+def test_stop_tokens_budgets_and_page_accounting(params):
+    probe = _engine().generate(params, PROMPTS, jax.random.key(0), group_size=1, settings=GREEDY)
+    first = _rows(probe)
+    stops = (first[0][2], first[2][4])  # two stop ids: rows end early, at the first of them
+    budgets = [10, 10, 10, 3, 6]
+    engine = _engine(slots=2, num_pages=14)  # a pool too small for every row at once
+    out = engine.generate(params, PROMPTS, jax.random.key(0), group_size=1,
+                          settings=dataclasses.replace(GREEDY, stop_ids=stops), budgets=budgets)
+    for b, row in enumerate(_rows(out)):
+        cut = next((t + 1 for t, tok in enumerate(first[b]) if tok in stops), None)
+        if cut is not None and cut <= budgets[b]:
+            assert row == first[b][:cut] and not bool(out.truncated_B[b]), b
+        else:
+            assert row == first[b][:budgets[b]] and bool(out.truncated_B[b]), b
+        assert (np.asarray(out.tokens_BxT[b, len(row):]) == PAD).all()
+        assert (np.asarray(out.logps_BxT[b, len(row):]) == 0).all()
+    pool = engine.pool
+    assert (pool.refs == 0).all() and sorted(pool.free) == list(range(1, 14))  # nothing leaked or held twice
+
+
+def test_group_prompt_pages_are_written_once(params):
+    engine = _engine(slots=2)
+    calls = []
+    real = engine._prefill
+    engine._prefill = lambda *a: calls.append(np.asarray(a[5]).sum()) or real(*a)
+    engine.generate(params, [PROMPTS[4]], jax.random.key(0), group_size=4,
+                    settings=SamplingSettings(max_new_tokens=3))
+    assert sum(calls) == len(PROMPTS[4])  # 11 prompt tokens prefilled once for 4 samples
+
+
+def test_first_token_distribution_matches_the_model(params):
+    """Chi-square of 600 first tokens (one key per sample) against softmax(logits / T) of the full forward."""
+    prompt, temperature, n = [5, 9, 14, 3], 1.5, 600
+    out = _engine(slots=64).generate(params, [prompt], jax.random.key(3), group_size=n,
+                                     settings=SamplingSettings(max_new_tokens=1, temperature=temperature))
+    logits, _ = Transformer(CFG).apply({"params": params}, jnp.asarray([prompt]), jnp.arange(4)[None])
+    p = np.asarray(jax.nn.softmax(logits[0, -1] / temperature))
+    counts = np.bincount(np.asarray(out.tokens_BxT[:, 0]), minlength=CFG.vocab_size)
+    big = p * n >= 5
+    expected = np.append(p[big] * n, p[~big].sum() * n)
+    observed = np.append(counts[big], counts[~big].sum())
+    chi2 = ((observed - expected) ** 2 / expected).sum()
+    assert chi2 < 2.0 * len(expected) + 20, (chi2, len(expected))
+
+
+def test_top_k_per_row_matches_the_shared_filter():
+    logits = jax.random.normal(jax.random.key(0), (3, 20))
+    rows = np.asarray(top_k_mask_rows(logits, jnp.asarray([3, 0, 7])))
+    np.testing.assert_array_equal(rows[0], np.asarray(top_k_mask(logits, 3))[0])
+    np.testing.assert_array_equal(rows[1], np.asarray(logits)[1])
+    np.testing.assert_array_equal(rows[2], np.asarray(top_k_mask(logits, 7))[2])
+
+
+def test_bad_requests_are_clear_errors(params):
+    engine = _engine()
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        engine.generate(params, [[1], []], jax.random.key(0), settings=GREEDY)
+    with pytest.raises(ValueError, match="budgets"):
+        engine.generate(params, [[1]], jax.random.key(0), settings=GREEDY, budgets=[11])
+    with pytest.raises(ValueError, match="num_pages=3"):
+        _engine(num_pages=3).generate(params, [[1] * 9], jax.random.key(0), settings=GREEDY)
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        SamplingSettings(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingSettings(max_new_tokens=1, top_p=1.5)
+    with pytest.raises(ValueError, match="slots=0"):
+        Engine(CFG, pad_id=PAD, slots=0)
+
+
+def test_runs_under_a_mesh_with_the_same_tokens(params):
+    from r1jax import sharding
+
+    settings = SamplingSettings(max_new_tokens=5, temperature=0.0)
+    want = _rows(_engine(slots=4).generate(params, PROMPTS[:3], jax.random.key(0), group_size=2, settings=settings))
+    mesh = sharding.make_mesh("2x4")
+    with sharding.use_mesh(mesh):
+        placed = sharding.shard_params(params, mesh, CFG)
+        got = _rows(_engine(slots=4).generate(placed, PROMPTS[:3], jax.random.key(0), group_size=2,
+                                              settings=settings))
+    assert got == want

@@ -73,6 +73,7 @@ class EngineState:
 
     cache: PagedCache  # the page pool; its pages_BxM / lengths_B are the slots' (prompt + generated tokens)
     logits_SxV: jax.Array  # f32: the model's prediction for each slot's next token
+    prompt_logits_QxV: jax.Array  # f32: next-token logits of the prefilled prompts not fully admitted (Q = S + 1)
     keys_S: jax.Array  # typed PRNG keys: the slot's row's own (from rng, prompt, sample index)
     count_S: jax.Array  # int32: tokens the slot's row has generated
     budget_S: jax.Array  # int32: the row's token budget
@@ -85,9 +86,13 @@ class EngineState:
     logps_SxT: jax.Array  # f32: their raw-model log-probs, 0 after
 
 
-def prompt_key(rng: jax.Array, prompt: Sequence[int], sample: int) -> jax.Array:
-    """A (prompt tokens, sample index) request's own key: the same whatever else is in flight."""
-    digest = zlib.crc32(np.asarray(prompt, np.int32).tobytes()) & 0x7FFFFFFF
+def prompt_digest(prompt: Sequence[int]) -> int:
+    """A prompt's tokens as one int31 (CRC-32): what its samples' keys are folded from."""
+    return zlib.crc32(np.asarray(prompt, np.int32).tobytes()) & 0x7FFFFFFF
+
+
+def prompt_key(rng: jax.Array, digest: jax.Array | int, sample: jax.Array | int) -> jax.Array:
+    """A (prompt, sample index) request's own key: the same whatever else is in flight."""
     return jax.random.fold_in(jax.random.fold_in(rng, digest), sample)
 
 
@@ -97,7 +102,7 @@ class _Prompt:
 
     length: int
     pages: list[int]
-    logits_V: Any
+    row: int  # its row of EngineState.prompt_logits_QxV
     waiting: int  # samples not admitted yet
 
 
@@ -162,26 +167,34 @@ class Engine:
         s, v = self.slots, self.cfg.vocab_size
         return EngineState(
             cache=init_paged_cache(self.cfg, num_pages, self.page_size, s, max_pages, self.cache_dtype),
-            logits_SxV=jnp.zeros((s, v), jnp.float32), keys_S=jax.random.split(jax.random.key(0), s),
+            logits_SxV=jnp.zeros((s, v), jnp.float32), prompt_logits_QxV=jnp.zeros((s + 1, v), jnp.float32),
+            keys_S=jax.random.split(jax.random.key(0), s),
             count_S=jnp.zeros((s,), jnp.int32), budget_S=jnp.zeros((s,), jnp.int32),
             live_S=jnp.zeros((s,), bool), stopped_S=jnp.zeros((s,), bool),
             temperature_S=jnp.zeros((s,), jnp.float32), top_p_S=jnp.ones((s,), jnp.float32),
             top_k_S=jnp.zeros((s,), jnp.int32), tokens_SxT=jnp.full((s, max_new_tokens), self.pad_id, jnp.int32),
             logps_SxT=jnp.zeros((s, max_new_tokens), jnp.float32))
 
-    def _prefill_impl(self, params, state: EngineState, pages_RxM, lengths_R, tokens_RxC, mask_RxC):
-        """One chunk of R prompts into their pages; (state, logits at each row's last real token of the chunk)."""
+    def _prefill_impl(self, params, state: EngineState, pages_RxM, lengths_R, tokens_RxC, mask_RxC, table_R):
+        """One chunk of R prompts into their pages; a prompt ending in it (table_R: its logits row, else Q,
+        dropped) gets the logits at its last token."""
         rows = state.cache.replace(pages_BxM=pages_RxM, lengths_B=lengths_R)
         hidden_RxCxE, rows = self.model.apply({"params": params}, tokens_RxC, tokens_RxC, mask_RxC, rows,
                                               method="hidden")
         last_R = jnp.maximum(jnp.sum(mask_RxC, axis=1, dtype=jnp.int32) - 1, 0)
         hidden_Rx1xE = jnp.take_along_axis(hidden_RxCxE, last_R[:, None, None], axis=1)
         logits_RxV = self.model.apply({"params": params}, hidden_Rx1xE, method="logits")[:, 0]
-        return state.replace(cache=state.cache.replace(layers=rows.layers)), logits_RxV
+        return state.replace(cache=state.cache.replace(layers=rows.layers),
+                             prompt_logits_QxV=state.prompt_logits_QxV.at[table_R].set(logits_RxV, mode="drop"))
 
-    def _admit_impl(self, state: EngineState, slot_A, logits_AxV, keys_A, budget_A, temperature_A, top_p_A, top_k_A,
-                    pages_AxM, lengths_A, copy_from_A, copy_to_A) -> EngineState:
-        """Rows into slots `slot_A` (index S: padding, dropped), after copying pages copy_from_A → copy_to_A."""
+    def _admit_impl(self, state: EngineState, rng, slot_A, prompt_A, digest_A, sample_A, budget_A, temperature_A,
+                    top_p_A, top_k_A, pages_AxM, lengths_A, copy_from_A, copy_to_A) -> EngineState:
+        """Rows into slots `slot_A` (index S: padding, dropped), after copying pages copy_from_A → copy_to_A.
+
+        Row a is sample `sample_A[a]` of the prompt in logits row `prompt_A[a]` whose digest is `digest_A[a]`.
+        """
+        logits_AxV = jnp.take(state.prompt_logits_QxV, prompt_A, axis=0)
+        keys_A = jax.vmap(prompt_key, in_axes=(None, 0, 0))(rng, digest_A, sample_A)
         def copy_pages(pool, axis):
             src = jnp.take(pool, copy_from_A, axis=axis)
             return pool.at[(slice(None),) * axis + (copy_to_A,)].set(src)
@@ -271,6 +284,7 @@ class Engine:
             raise ValueError(f"Engine num_pages={num_pages}: a row of {max(map(len, prompts))} prompt tokens and "
                              f"{t_max} new ones needs {worst} pages of {size} slots (plus the null page)")
         pool = self.pool = PagePool(num_pages)
+        self._free_rows = list(range(self.slots + 1))  # rows of EngineState.prompt_logits_QxV
         state = self._init_state(num_pages, max_pages, t_max)
         pages_SxM = np.zeros((self.slots, max_pages), np.int32)
         slot_pages: list[list[int]] = [[] for _ in range(self.slots)]
@@ -343,7 +357,7 @@ class Engine:
         copy_from_A, copy_to_A = np.zeros((a,), np.int32), np.zeros((a,), np.int32)
         budget_A, top_k_A = np.zeros((a,), np.int32), np.zeros((a,), np.int32)
         temperature_A, top_p_A = np.zeros((a,), np.float32), np.ones((a,), np.float32)
-        logits, keys = [], []
+        prompt_A, digest_A, sample_A = np.zeros((a,), np.int32), np.zeros((a,), np.int32), np.zeros((a,), np.int32)
         for i, (s, b, j) in enumerate(chosen):
             record, row = prefilled[b], b * g + j
             full = record.length // size
@@ -359,17 +373,14 @@ class Engine:
             slot_A[i], pages_AxM[i], lengths_A[i] = s, pages_SxM[s], record.length
             budget_A[i], top_k_A[i] = budget_B[row], top_k_B[row]
             temperature_A[i], top_p_A[i] = temperature_B[row], top_p_B[row]
-            logits.append(record.logits_V)
-            keys.append(prompt_key(rng, prompts[b], j))
+            prompt_A[i], digest_A[i], sample_A[i] = record.row, prompt_digest(prompts[b]), j
             record.waiting -= 1
             if record.waiting == 0:
                 pool.release(record.pages)
+                self._free_rows.append(record.row)
                 del prefilled[b]
-        pad = a - len(chosen)
-        logits_AxV = jnp.concatenate([jnp.stack(logits), jnp.zeros((pad, self.cfg.vocab_size), jnp.float32)])
-        keys_A = jnp.concatenate([jnp.stack(keys), jax.random.split(jax.random.key(0), pad)])
-        return self._admit(state, slot_A, logits_AxV, keys_A, budget_A, temperature_A, top_p_A, top_k_A,
-                           pages_AxM, lengths_A, copy_from_A, copy_to_A)
+        return self._admit(state, rng, slot_A, prompt_A, digest_A, sample_A, budget_A, temperature_A, top_p_A,
+                           top_k_A, pages_AxM, lengths_A, copy_from_A, copy_to_A)
 
     def _prefill_prompts(self, params, state, prompts, batch: list[int], prefilled, pool, group_size: int
                          ) -> EngineState:
@@ -381,21 +392,17 @@ class Engine:
         for r, (b, length) in enumerate(zip(batch, lengths)):
             pages = pool.take(-(-length // size))
             pages_RxM[r, :len(pages)] = pages
-            prefilled[b] = _Prompt(length, pages, None, group_size)
-        last_logits: list[Any] = [None] * len(batch)
+            prefilled[b] = _Prompt(length, pages, self._free_rows.pop(), group_size)
         for start in range(0, max(lengths), chunk):
             tokens_RxC = np.full((rows, chunk), self.pad_id, np.int32)
             mask_RxC = np.zeros((rows, chunk), bool)
             lengths_R = np.zeros((rows,), np.int32)
+            table_R = np.full((rows,), self.slots + 1, np.int32)  # out of range: no logits kept
             for r, b in enumerate(batch):
                 piece = prompts[b][start:start + chunk]
                 tokens_RxC[r, :len(piece)], mask_RxC[r, :len(piece)] = piece, True
                 lengths_R[r] = min(start, lengths[r])
-            state, logits_RxV = self._prefill(params, state, jnp.asarray(pages_RxM), jnp.asarray(lengths_R),
-                                              jnp.asarray(tokens_RxC), jnp.asarray(mask_RxC))
-            for r in range(len(batch)):
-                if start < lengths[r] <= start + chunk:
-                    last_logits[r] = logits_RxV[r]
-        for r, b in enumerate(batch):
-            prefilled[b].logits_V = last_logits[r]
+                if start < lengths[r] <= start + chunk:  # the prompt ends in this chunk
+                    table_R[r] = prefilled[b].row
+            state = self._prefill(params, state, pages_RxM, lengths_R, tokens_RxC, mask_RxC, table_R)
         return state

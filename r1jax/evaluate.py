@@ -34,6 +34,7 @@ from tqdm import tqdm  # std bars: tqdm.auto needs ipywidgets in a notebook kern
 from r1jax.config import ModelConfig
 from r1jax.sharding import to_host
 from r1jax.data import Problem, batch_columns, load_jsonl
+from r1jax.engine import Engine, SamplingSettings
 from r1jax.rewards.accuracy import as_fraction
 from r1jax.rewards import (RewardFn, RewardPool, WeightedReward, accuracy_reward, combine_rewards, countdown_reward,
                            format_reward)
@@ -208,15 +209,24 @@ class EvalResult:
 
 
 # ----------------------------------------------------------------------------- sampling and scoring
-def sample_completions(sampler: Sampler, params: Any, tokenizer: Tokenizer, prompts: Sequence[str],
+def sample_completions(sampler: Sampler | Engine, params: Any, tokenizer: Tokenizer, prompts: Sequence[str],
                        rng: jax.Array, *, k: int, max_new_tokens: int, temperature: float, top_p: float,
                        batch_size: int, add_bos: bool = True) -> tuple[list[str], np.ndarray, np.ndarray]:
     """k completions per prompt as (texts, lengths, truncated), rows i·k … i·k+k−1 for prompt i.
 
-    Prompts go `batch_size` at a time (batch b samples with `fold_in(rng, b)`); a short last batch
-    is padded with copies of its last prompt so every call reuses the compiled shapes.
+    The static sampler takes prompts `batch_size` at a time (batch b samples with `fold_in(rng, b)`);
+    a short last batch is padded with copies of its last prompt so every call reuses the compiled
+    shapes. An `Engine` takes them all in one call (its slots bound the memory; each sample's key
+    comes from `rng`, its prompt and its index).
     """
     prompt_ids = [tokenizer.encode(p, add_bos=add_bos) for p in prompts]  # as GRPOTrainer.rollout
+    if isinstance(sampler, Engine):
+        settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                    stop_ids=(tokenizer.eos_id,))
+        out = sampler.generate(params, prompt_ids, rng, group_size=k, settings=settings)
+        tokens_BxT, lengths_B, truncated_B = to_host((out.tokens_BxT, out.lengths_B, out.truncated_B))
+        return ([tokenizer.decode(row[:n]) for row, n in zip(tokens_BxT, lengths_B)], lengths_B.astype(int),
+                truncated_B.astype(bool))
     starts = range(0, len(prompt_ids), batch_size)
     texts: list[str] = []
     lengths, truncated = [], []
@@ -255,14 +265,14 @@ def score_correctness(problems: Sequence[Problem], prompts: Sequence[str], compl
 def evaluate(params: Any, model_cfg: ModelConfig, tokenizer: Tokenizer,
              problems: Sequence[Problem] | str | os.PathLike, *, max_new_tokens: int, template: Any,
              rng: jax.Array, k: int = 4, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
-             batch_size: int = 32, sampler: Sampler | None = None, correctness_fn: RewardFn | None = None,
+             batch_size: int = 32, sampler: Sampler | Engine | None = None, correctness_fn: RewardFn | None = None,
              answer_fn: Callable[[str], str | None] = final_answer, pool: RewardPool | None = None,
              add_bos: bool = True) -> EvalResult:
     """Sample k completions per problem, score them, and compute pass@1, pass@k, cons@k (R1 protocol defaults).
 
     `problems` is a sequence of Problems or the path of a GSM8K/MATH JSONL file (`load_jsonl`).
     `template` renders questions (e.g. R1_ZERO); `answer_fn` extracts the answer that cons@k votes on;
-    pass a trainer's `sampler` to reuse its compiled code.
+    pass a trainer's `sampler` (or its `engine`, r1jax.engine) to reuse its compiled code.
     """
     if isinstance(problems, (str, os.PathLike)):
         problems = load_jsonl(problems)

@@ -11,6 +11,7 @@ import pytest
 from r1jax.config import ModelConfig
 from r1jax.data import (ArithmeticConfig, CountdownConfig, Problem, PromptTemplate, generate_arithmetic,
                         generate_countdown, load_jsonl)
+from r1jax.engine import Engine
 from r1jax.evaluate import (EvalResult, cons_at_k, evaluate, majority_vote, normalize_answer, pass_at_1, pass_at_k,
                             score_correctness)
 from r1jax.model import init_params
@@ -246,3 +247,12 @@ def test_bad_arguments_are_clear_errors(tiny, kw, match):
 def test_empty_problem_list_is_an_error(tiny):
     with pytest.raises(ValueError, match="at least one problem"):
         _run(tiny, [])
+
+
+def test_the_engine_evaluates_like_the_static_sampler(tiny):
+    tok, cfg, params, _ = tiny
+    engine = Engine(cfg, pad_id=tok.pad_id, slots=4, page_size=8)
+    static = _run(tiny, _toy_problems(5), temperature=0.0)
+    paged = _run(tiny, _toy_problems(5), temperature=0.0, sampler=engine)
+    assert [r.completions for r in paged.records] == [r.completions for r in static.records]
+    assert paged.summary() == static.summary()

@@ -167,7 +167,8 @@ class RLPhase:
 
         result = evaluate(trainer.state.params, ctx.model_cfg, ctx.tokenizer, self.eval_problems(ctx),
                           max_new_tokens=self.grpo.max_new_tokens, template=self.template,
-                          rng=jax.random.fold_in(ctx.rng(step), 1 << 20), k=self.eval_k, sampler=trainer.sampler,
+                          rng=jax.random.fold_in(ctx.rng(step), 1 << 20), k=self.eval_k,
+                          sampler=trainer.engine or trainer.sampler,
                           pool=trainer.pool)
         return {f"eval/{k}": v for k, v in result.summary().items()}
 

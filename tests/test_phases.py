@@ -166,3 +166,21 @@ def test_restore_phase_brings_back_the_snapshot_params_across_a_resume(tmp_path)
         Runner(str(tmp_path / "c"), CFG, [_snapshot_phases()[0], SnapshotPhase("x")]).run()
     with pytest.raises(ValueError, match="without"):
         SnapshotPhase("a/b")
+
+
+def test_eval_phase_through_the_engine_scores_like_the_static_sampler(reference, tmp_path):
+    workdir, ctx = reference
+    ctx.workdir = str(tmp_path)
+    results = {}
+    for rollout in ("static", "engine"):
+        phase = EvalPhase(f"eval_{rollout}", lambda c: _problems(c, "test", 4), TEMPLATE, max_new_tokens=12, k=2,
+                          temperature=0.0, rollout=rollout, rollout_slots=4)
+        ctx.phase_name = phase.name
+        with MetricsWriter(tmp_path / rollout) as ctx.metrics:
+            phase.run(ctx, None, None)
+        results[rollout] = [json.loads(line)["completions"]
+                            for line in (tmp_path / f"{phase.name}.jsonl").read_text().splitlines()]
+    assert results["engine"] == results["static"]
+    bad = EvalPhase("bad", lambda c: _problems(c, "test", 1), TEMPLATE, max_new_tokens=4, rollout="paged")
+    with pytest.raises(ValueError, match="rollout='paged'"):
+        bad.run(ctx, None, None)

@@ -8,8 +8,10 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from r1jax.config import ROLLOUT_SAMPLERS
 from r1jax.data import Problem
 from r1jax.data.jsonl import DatasetError, json_records
+from r1jax.engine import Engine
 from r1jax.evaluate import evaluate
 from r1jax.phases.runner import RunContext
 from r1jax.rewards import RewardPool, language_share
@@ -17,11 +19,21 @@ from r1jax.rewards.format import is_well_formed
 
 
 def sample_and_score(phase: Any, ctx: RunContext, problems: Sequence[Problem]):
-    """k samples per problem from the current params with `phase`'s settings, scored in a reward pool."""
+    """k samples per problem from the current params with `phase`'s settings, scored in a reward pool.
+
+    `phase.rollout` picks the sampler: "static" (r1jax.sampling) or "engine" (r1jax.engine, with
+    `phase.rollout_slots` decode slots).
+    """
+    if phase.rollout not in ROLLOUT_SAMPLERS:
+        raise ValueError(f"{type(phase).__name__} {phase.name!r}: rollout={phase.rollout!r} must be one of "
+                         f"{ROLLOUT_SAMPLERS}")
+    sampler = None
+    if phase.rollout == "engine":
+        sampler = Engine(ctx.model_cfg, pad_id=ctx.tokenizer.pad_id, slots=phase.rollout_slots)
     with RewardPool(2, 10.0) as pool:
         return evaluate(ctx.params, ctx.model_cfg, ctx.tokenizer, problems, max_new_tokens=phase.max_new_tokens,
                         template=phase.template, rng=ctx.rng(), k=phase.k, temperature=phase.temperature,
-                        top_p=phase.top_p, pool=pool)
+                        top_p=phase.top_p, pool=pool, sampler=sampler)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +47,8 @@ class EvalPhase:
     k: int = 4
     temperature: float = 0.6
     top_p: float = 0.95
+    rollout: str = "static"  # or "engine" (sample_and_score)
+    rollout_slots: int = 64
 
     def state_template(self, ctx: RunContext) -> Any:
         return {}
@@ -81,6 +95,8 @@ class RejectionSamplingPhase:
     top_p: float = 1.0
     max_per_problem: int = 1
     language: str = "en"
+    rollout: str = "static"  # or "engine" (sample_and_score)
+    rollout_slots: int = 64
 
     def output_path(self, ctx: RunContext) -> str:
         return os.path.join(ctx.workdir, f"{self.name}.jsonl")

@@ -68,11 +68,12 @@ def build(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, Any]:
     train, test = problems(d)
     corpus = base_corpus(d, train)
     student = dataclasses.replace(cfg.student, vocab_size=d.vocab_size)
-    evaluation = dict(template=R1_ZERO, max_new_tokens=d.grpo.max_new_tokens, k=d.eval_k)
+    evaluation = dict(template=R1_ZERO, max_new_tokens=d.grpo.max_new_tokens, k=d.eval_k, rollout=d.grpo.rollout)
     base_dir, traces_dir = os.path.join(workdir, "student_base"), os.path.join(workdir, "teacher_traces")
     traces = RejectionSamplingPhase("traces", lambda ctx: train[:cfg.trace_problems], R1_ZERO,
                                     max_new_tokens=d.grpo.max_new_tokens, k=cfg.trace_k,
-                                    temperature=cfg.trace_temperature, max_per_problem=cfg.traces_per_problem)
+                                    temperature=cfg.trace_temperature, max_per_problem=cfg.traces_per_problem,
+                                    rollout=d.grpo.rollout)
     traces_path = os.path.join(traces_dir, f"{traces.name}.jsonl")
     common = dict(seed=d.seed, checkpoint_every=d.checkpoint_every, **runner_kwargs)
     return {

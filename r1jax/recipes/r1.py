@@ -60,9 +60,9 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
             for p in train[:cfg.cold_start_examples]]
     reasoning = {"accuracy": WeightedReward(accuracy_reward, 1.0), "format": WeightedReward(format_reward, 1.0),
                  "language": WeightedReward(language_reward, cfg.language_weight)}
-    ev = dict(template=R1_ZERO, max_new_tokens=b.grpo.max_new_tokens, k=b.eval_k)
+    ev = dict(template=R1_ZERO, max_new_tokens=b.grpo.max_new_tokens, k=b.eval_k, rollout=b.grpo.rollout)
     rs = RejectionSamplingPhase("rejection_sampling", lambda ctx: train[:cfg.rs_problems], R1_ZERO,
-                                max_new_tokens=b.grpo.max_new_tokens, k=cfg.rs_k)
+                                max_new_tokens=b.grpo.max_new_tokens, k=cfg.rs_k, rollout=b.grpo.rollout)
     sft = dict(batch_size=b.pretrain_batch, seq_len=b.seq_len, optimizer=cfg.cold_start_optimizer)
     if cfg.sft_from_base:
         phases.append(SnapshotPhase("base"))

@@ -154,7 +154,7 @@ def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None
 
     train, test = problems(cfg)
     model_cfg, phases = base_phases(cfg, train)
-    evaluation = dict(template=R1_ZERO, max_new_tokens=cfg.grpo.max_new_tokens, k=cfg.eval_k)
+    evaluation = dict(template=R1_ZERO, max_new_tokens=cfg.grpo.max_new_tokens, k=cfg.eval_k, rollout=cfg.grpo.rollout)
     phases += [
         EvalPhase("base_eval", lambda ctx: test, **evaluation),
         RLPhase("rl", lambda ctx: train, rewards or default_rewards(), R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,

@@ -222,7 +222,7 @@ def sample_completions(sampler: Sampler | Engine, params: Any, tokenizer: Tokeni
     prompt_ids = [tokenizer.encode(p, add_bos=add_bos) for p in prompts]  # as GRPOTrainer.rollout
     if isinstance(sampler, Engine):
         settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                    stop_ids=(tokenizer.eos_id,))
+                                    stop_ids=tokenizer.stop_ids)
         out = sampler.generate(params, prompt_ids, rng, group_size=k, settings=settings)
         tokens_BxT, lengths_B, truncated_B = to_host((out.tokens_BxT, out.lengths_B, out.truncated_B))
         return ([tokenizer.decode(row[:n]) for row, n in zip(tokens_BxT, lengths_B)], lengths_B.astype(int),

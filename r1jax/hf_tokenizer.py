@@ -5,7 +5,8 @@
 Read with the `tokenizers` package, offline. It offers what the sampler, the
 trainer and evaluation use from `r1jax.tokenizer.Tokenizer`: encode, decode,
 encode_batch, pad/bos/eos ids and vocab_size. Special tokens come from
-tokenizer_config.json (eos_token, pad_token, bos_token) when present.
+tokenizer_config.json (eos_token, pad_token, bos_token) when present; `stop_ids` adds the other
+end-of-sequence ids of generation_config.json (`eos_token_id`, an int or a list) to eos.
 """
 from __future__ import annotations
 
@@ -25,11 +26,26 @@ def _token_text(value) -> str | None:
     return value
 
 
+def _generation_stop_ids(path: str) -> tuple[int, ...]:
+    """generation_config.json's `eos_token_id` (an int or a list of them), or () without the file or field."""
+    if not os.path.isfile(path):
+        return ()
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f).get("eos_token_id")
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    values = [] if value is None else value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise TokenizerError(f"{path}: eos_token_id must be an int or a list of ints, got {value!r}")
+    return tuple(values)
+
+
 class HFTokenizer:
     """tokenizer.json through `tokenizers`, with the interface of `r1jax.tokenizer.Tokenizer`."""
 
     def __init__(self, tokenizer, eos_token: str, pad_token: str | None = None, bos_token: str | None = None,
-                 source: str = "<memory>"):
+                 source: str = "<memory>", extra_stop_ids: tuple[int, ...] = ()):
         self._tok, self.source = tokenizer, source
 
         def ident(token: str | None, name: str, required: bool) -> int:
@@ -45,6 +61,12 @@ class HFTokenizer:
         self.eos_id = ident(eos_token, "eos", True)
         self.pad_id = ident(pad_token, "pad", False) if pad_token else self.eos_id
         self.bos_id = ident(bos_token, "bos", False)
+        vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+        bad = [i for i in extra_stop_ids if not 0 <= i < vocab]
+        if bad:
+            raise TokenizerError(f"{source}: stop token ids {bad} are outside the vocabulary (size {vocab})")
+        # what ends a completion: eos, and generation_config.json's other eos ids (Qwen-Instruct: <|endoftext|>)
+        self.stop_ids = tuple(dict.fromkeys((self.eos_id, *extra_stop_ids)))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HFTokenizer:
@@ -72,7 +94,7 @@ class HFTokenizer:
         if eos is None:
             raise TokenizerError(f"{config_path}: no eos_token (needed to stop sampling)")
         return cls(raw, eos, _token_text(config.get("pad_token")), _token_text(config.get("bos_token")),
-                   source=file)
+                   source=file, extra_stop_ids=_generation_stop_ids(os.path.join(folder, "generation_config.json")))
 
     @property
     def vocab_size(self) -> int:

@@ -116,6 +116,11 @@ class Tokenizer:
     def eos_id(self) -> int:
         return self._sp.eos_id()
 
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Token ids that end a completion: eos alone."""
+        return (self.eos_id,)
+
     def token_id(self, piece: str) -> int:
         """The id of a single-piece token such as `<think>`; unknown pieces raise."""
         ident = self._sp.piece_to_id(piece)

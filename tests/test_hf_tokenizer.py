@@ -59,3 +59,42 @@ def test_sampler_and_evaluation_run_with_it(folder):
                       template=PromptTemplate("q", "Q: {prompt} A:"), rng=jax.random.key(1), k=2)
     assert len(result.records) == 2 and all(len(r.completions) == 2 for r in result.records)
     assert np.isfinite(result.summary()["pass@1"])
+
+
+def test_generation_config_adds_stop_ids(folder, tmp_path):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_text((folder / name).read_text())
+    assert HFTokenizer.load(tmp_path).stop_ids == (HFTokenizer.load(tmp_path).eos_id,)
+    tok = HFTokenizer.load(folder)
+    end_of_text = tok.token_id("<|endoftext|>")
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.eos_id, end_of_text]}))
+    assert HFTokenizer.load(tmp_path).stop_ids == (tok.eos_id, end_of_text)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": end_of_text}))
+    assert HFTokenizer.load(tmp_path).stop_ids == (tok.eos_id, end_of_text)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "<|endoftext|>"}))
+    with pytest.raises(TokenizerError, match="generation_config.json: eos_token_id must be an int"):
+        HFTokenizer.load(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [10 ** 6]}))
+    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+        HFTokenizer.load(tmp_path)
+
+
+def test_evaluation_through_the_engine_stops_at_the_tokenizers_stop_ids(folder, tmp_path):
+    from r1jax.engine import Engine
+
+    class Recording(Engine):
+        def generate(self, *args, settings, **kw):
+            self.settings = settings
+            return super().generate(*args, settings=settings, **kw)
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_text((folder / name).read_text())
+    end_of_text = HFTokenizer.load(folder).token_id("<|endoftext|>")
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [end_of_text]}))
+    tok = HFTokenizer.load(tmp_path)
+    cfg = ModelConfig.tiny(vocab_size=tok.vocab_size)
+    engine = Recording(cfg, pad_id=tok.pad_id, slots=4, page_size=8)
+    problems = generate_arithmetic(ArithmeticConfig(num_ops=1, max_value=9), "test", 2, seed=0)
+    result = evaluate(init_params(cfg, jax.random.key(0)), cfg, tok, problems, max_new_tokens=6, sampler=engine,
+                      template=PromptTemplate("q", "Q: {prompt} A:"), rng=jax.random.key(1), k=2)
+    assert engine.settings.stop_ids == (tok.eos_id, end_of_text) and len(result.records) == 2

@@ -26,7 +26,7 @@ from r1jax.config import EXECUTION_FIELDS, Execution, ModelConfig
 from r1jax.model.transformer import convert_layout
 from r1jax.phases.runner import RunContext
 
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")  # the last: stop ids
 
 
 def is_hf_folder(path: str) -> bool:

@@ -122,7 +122,7 @@ class GRPOTrainer:
         prompt_ids = [self.tok.encode(t, add_bos=self.add_bos) for t in prompts]
         if self.engine is not None:
             settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                        top_p=cfg.top_p, stop_ids=(self.tok.eos_id,))
+                                        top_p=cfg.top_p, stop_ids=self.tok.stop_ids)
             out = self.engine.generate(self.state.params, prompt_ids, rng, group_size=g, settings=settings)
         else:
             out = self.sampler.sample(self.state.params, prompt_ids, rng, group_size=g,

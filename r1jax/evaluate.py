@@ -285,7 +285,8 @@ def evaluate(params: Any, model_cfg: ModelConfig, tokenizer: Tokenizer,
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if sampler is None:
-        sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+        sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                          stop_ids=getattr(tokenizer, "stop_ids", ()))
     prompts = [template.render(p.question) for p in problems]
     texts, lengths_B, truncated_B = sample_completions(
         sampler, params, tokenizer, prompts, rng, k=k, max_new_tokens=max_new_tokens, temperature=temperature,

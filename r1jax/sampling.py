@@ -8,7 +8,7 @@
 Rows b·G … b·G+G−1 are the samples of prompt b. `logps_BxT` are log-probs of
 the sampled tokens under the *raw* model (temperature 1, no top-p/top-k), the
 quantity the GRPO ratio needs; they are 0 after a row's end. A row ends with its
-EOS token (included in its length); `truncated_B` marks rows that hit
+EOS token or one of `stop_ids` (included in its length); `truncated_B` marks rows that hit
 max_new_tokens without EOS. Prompt lengths are rounded up to a multiple of
 `prompt_bucket`, so calls with a new prompt length in the same bucket, batch
 size and settings reuse the compiled code.
@@ -67,10 +67,12 @@ class Sampler:
     """Generates completions for a batch of token-id prompts with a `Transformer` and its cache."""
 
     def __init__(self, cfg: ModelConfig, *, eos_id: int, pad_id: int, prompt_bucket: int = 32,
-                 cache_dtype: Any = None):
+                 cache_dtype: Any = None, stop_ids: Sequence[int] = ()):
+        """A row ends at `eos_id` or at any of `stop_ids` (a tokenizer's `stop_ids`)."""
         if prompt_bucket < 1:
             raise ValueError(f"prompt_bucket={prompt_bucket} must be >= 1")
         self.cfg, self.eos_id, self.pad_id = cfg, int(eos_id), int(pad_id)
+        self.stop_ids = tuple(dict.fromkeys((self.eos_id, *map(int, stop_ids))))
         self.prompt_bucket, self.cache_dtype = prompt_bucket, cache_dtype
         self.model = Transformer(cfg)
         self.trace_counts: collections.Counter[str] = collections.Counter()
@@ -115,7 +117,7 @@ class Sampler:
                                                live_B[:, None], state.cache)
         return SamplingState(
             step=state.step + 1, tokens_BxT=tokens_BxT, logps_BxT=logps_BxT,
-            done_B=state.done_B | (live_B & (token_B == self.eos_id)),
+            done_B=state.done_B | (live_B & jnp.isin(token_B, jnp.asarray(self.stop_ids, jnp.int32))),
             lengths_B=state.lengths_B + live_B.astype(jnp.int32),
             next_pos_B=state.next_pos_B + 1, logits_BxV=logits_Bx1xV[:, 0], cache=cache)
 

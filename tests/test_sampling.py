@@ -122,3 +122,16 @@ def test_bad_requests_are_clear_errors(params, sampler):
         sampler.sample(params, [[1]], jax.random.key(0), max_new_tokens=2, top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         sampler.sample(params, [[1]], jax.random.key(0), max_new_tokens=0)
+
+
+def test_stop_ids_end_rows_like_eos(params):
+    probe = Sampler(CFG, eos_id=EOS, pad_id=PAD, prompt_bucket=8)
+    first = probe.sample(params, PROMPTS, jax.random.key(5), max_new_tokens=10, temperature=0.0)
+    stops = (_row(first, 0)[2], _row(first, 1)[3])
+    s = Sampler(CFG, eos_id=EOS, pad_id=PAD, prompt_bucket=8, stop_ids=stops)
+    out = s.sample(params, PROMPTS, jax.random.key(5), max_new_tokens=10, temperature=0.0)
+    for b in range(len(PROMPTS)):
+        row = _row(first, b)
+        cut = next((t + 1 for t, x in enumerate(row) if x in (EOS, *stops)), None)
+        assert _row(out, b) == (row if cut is None else row[:cut])
+        assert bool(out.truncated_B[b]) == (cut is None)

@@ -85,7 +85,7 @@ class GRPOTrainer:
         self.cfg, self.tok, self.rewards, self.template, self.pool = cfg, tokenizer, rewards, template, pool
         self.add_bos = add_bos
         self.sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                               prompt_bucket=prompt_bucket)
+                               prompt_bucket=prompt_bucket, stop_ids=getattr(tokenizer, "stop_ids", ()))
         self.engine = None
         if cfg.rollout == "engine":
             self.engine = Engine(model_cfg, pad_id=tokenizer.pad_id, page_size=cfg.page_size,

@@ -2,7 +2,11 @@
 
 Qwen2.5-1.5B, 8x8, 512 slots, prompt 256 + 4,096 new tokens: XLA's per-device bytes of one decode call.
 """
-import sys, time, jax, jax.numpy as jnp, numpy as np
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
 sys.path.insert(0, "experiments")
 from plan import model_config, mesh_for
 from r1jax import sharding

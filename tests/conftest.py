@@ -6,9 +6,10 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Test models are tiny: compile time, not run time, is most of the suite, and LLVM's optimization
 # passes are most of XLA:CPU's compile time. Level 0 keeps XLA's own (HLO) optimizations.
+# Subprocesses that set their own XLA_FLAGS (notebook kernels, the 2-process test) add these too.
+FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " + FAST_COMPILE_XLA_FLAGS
 ).strip()
 
 import jax  # noqa: E402

@@ -12,6 +12,8 @@ from r1jax.model import Transformer, init_params
 from r1jax.sampling import Sampler
 from r1jax.sampling_ops import top_k_mask, top_k_mask_rows
 
+from forward_reference import full_logps
+
 PAD = 0
 CFG = ModelConfig.tiny(vocab_size=48)
 # lengths around the page size (4): within one page, exactly one, across pages, across prefill chunks (6)
@@ -30,16 +32,6 @@ def params():
 
 def _rows(out):
     return [np.asarray(out.tokens_BxT[b, :int(out.lengths_B[b])]).tolist() for b in range(out.tokens_BxT.shape[0])]
-
-
-def _full_logps(cfg, params, sequences, width=32):
-    """log_softmax of one cache-free forward over every sequence, right-padded to `width` (one compile)."""
-    seq = np.zeros((len(sequences), width), np.int32)
-    for i, s in enumerate(sequences):
-        seq[i, :len(s)] = s
-    positions = np.broadcast_to(np.arange(width), seq.shape)  # right padding: earlier positions see none of it
-    logits, _ = Transformer(cfg).apply({"params": params}, jnp.asarray(seq), jnp.asarray(positions))
-    return np.asarray(jax.nn.log_softmax(logits, axis=-1))
 
 
 @pytest.mark.parametrize("variant", ["gqa", "mla_scan"])
@@ -64,7 +56,7 @@ def test_sampled_logps_are_raw_model_logprobs_with_per_row_settings(params):
                              settings=SamplingSettings(max_new_tokens=8, temperature=0.7, top_p=0.9, top_k=5),
                              temperature=[0.7, 1.3, 0.0], top_k=[5, 0, 0])
     rows = _rows(out)
-    logps = _full_logps(CFG, params, [PROMPTS[b // 2] + row for b, row in enumerate(rows)])
+    logps = full_logps(CFG, params, [PROMPTS[b // 2] + row for b, row in enumerate(rows)])
     for b, completion in enumerate(rows):
         prompt, logp = PROMPTS[b // 2], logps[b]
         np.testing.assert_allclose(np.asarray(out.logps_BxT[b, :len(completion)]),

@@ -4,6 +4,8 @@ import json
 import pathlib
 import sys
 
+import pytest
+
 from r1jax.metrics import read_metrics
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -17,17 +19,22 @@ def _load(name):
     return mod
 
 
-def test_code_rl_trains_with_the_sandboxed_reward(tmp_path):
-    mod = _load("code_rl")
-    assert mod.main(["--workdir", str(tmp_path), "--set", "sft_steps=30", "--set", "rl_steps=2"]) == 0
-    rl = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "rl/reward/code" in r]
+@pytest.fixture(scope="module")
+def code_rl_workdir(tmp_path_factory):
+    """One code-RL run, shared: its test reads the metrics, the evaluate test the checkpoint."""
+    workdir = tmp_path_factory.mktemp("code_rl")
+    assert _load("code_rl").main(["--workdir", str(workdir), "--set", "sft_steps=30", "--set", "rl_steps=2"]) == 0
+    return workdir
+
+
+def test_code_rl_trains_with_the_sandboxed_reward(code_rl_workdir):
+    rl = [r for r in read_metrics(code_rl_workdir / "metrics.jsonl") if "rl/reward/code" in r]
     assert len(rl) == 2
     assert all(r["rl/reward/code_failures"] == 0 and 0 <= r["rl/reward/code"] <= 1 for r in rl)
 
 
-def test_evaluate_reads_a_workdir(tmp_path):
-    mod = _load("code_rl")
-    assert mod.main(["--workdir", str(tmp_path), "--set", "sft_steps=2", "--set", "rl_steps=1"]) == 0
+def test_evaluate_reads_a_workdir(code_rl_workdir):
+    tmp_path = code_rl_workdir
     ev = _load("evaluate")
     assert ev.main(["--workdir", str(tmp_path), "--set", "problems=3", "--set", "k=2",
                     "--set", "max_new_tokens=8"]) == 0

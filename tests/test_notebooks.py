@@ -8,6 +8,7 @@ import os
 import pathlib
 import re
 
+import conftest
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -55,7 +56,8 @@ def test_notebook_is_saved_with_outputs_of_a_clean_run(name):
 def kernel_env(tmp_path_factory):
     """Environment of the notebook kernels: smoke size, this checkout's r1jax, one shared compilation cache."""
     env = {"R1JAX_SMOKE": "1", "R1JAX_PROGRESS": "0", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "",  # one CPU device, as on Colab (conftest asks the test process for 8)
+           # one CPU device, as on Colab (conftest asks the test process for 8), compiled as in the tests
+           "XLA_FLAGS": conftest.FAST_COMPILE_XLA_FLAGS,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax-cache")),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",

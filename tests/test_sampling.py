@@ -1,12 +1,13 @@
 """The jitted sampler against the model's full forward pass."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from r1jax.config import ModelConfig
-from r1jax.model import Transformer, init_params
+from r1jax.model import init_params
 from r1jax.sampling import Sampler
+
+from forward_reference import full_logps
 
 PAD, EOS = 0, 1
 CFG = ModelConfig.tiny(vocab_size=48)
@@ -23,13 +24,6 @@ def sampler():
     return Sampler(CFG, eos_id=EOS, pad_id=PAD, prompt_bucket=8)
 
 
-def _full_logp(params, prompt, completion):
-    """log_softmax of the full (cache-free) forward over prompt + completion."""
-    seq = jnp.asarray([list(prompt) + list(completion)], jnp.int32)
-    logits, _ = Transformer(CFG).apply({"params": params}, seq, jnp.arange(seq.shape[1])[None])
-    return np.asarray(jax.nn.log_softmax(logits[0], axis=-1))
-
-
 def _row(out, b):
     n = int(out.lengths_B[b])
     return np.asarray(out.tokens_BxT[b, :n]).tolist()
@@ -37,9 +31,9 @@ def _row(out, b):
 
 def test_greedy_is_argmax_of_full_forward_at_every_step(params, sampler):
     out = sampler.sample(params, PROMPTS, jax.random.key(1), max_new_tokens=12, temperature=0.0)
+    full = full_logps(CFG, params, [prompt + _row(out, b) for b, prompt in enumerate(PROMPTS)])
     for b, prompt in enumerate(PROMPTS):
-        completion = _row(out, b)
-        logp = _full_logp(params, prompt, completion)
+        completion, logp = _row(out, b), full[b]
         for t, token in enumerate(completion):
             assert token == int(np.argmax(logp[len(prompt) - 1 + t])), (b, t)
             np.testing.assert_allclose(out.logps_BxT[b, t], logp[len(prompt) - 1 + t, token], atol=1e-5)
@@ -48,9 +42,9 @@ def test_greedy_is_argmax_of_full_forward_at_every_step(params, sampler):
 def test_sampled_logps_are_raw_model_logprobs(params, sampler):
     out = sampler.sample(params, PROMPTS, jax.random.key(2), group_size=3, max_new_tokens=8,
                          temperature=0.7, top_p=0.9)
+    full = full_logps(CFG, params, [PROMPTS[b // 3] + _row(out, b) for b in range(len(PROMPTS) * 3)])
     for b in range(len(PROMPTS) * 3):
-        prompt, completion = PROMPTS[b // 3], _row(out, b)
-        logp = _full_logp(params, prompt, completion)
+        prompt, completion, logp = PROMPTS[b // 3], _row(out, b), full[b]
         want = [logp[len(prompt) - 1 + t, tok] for t, tok in enumerate(completion)]
         np.testing.assert_allclose(np.asarray(out.logps_BxT[b, :len(completion)]), want, atol=1e-5)
         assert (np.asarray(out.logps_BxT[b, len(completion):]) == 0).all()

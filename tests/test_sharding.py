@@ -230,7 +230,10 @@ def _train_step(name: str, spec: str, kind: str) -> dict:
 
 
 CASES = [(n, s) for n in CONFIGS for s in MESHES] + [("moe", "fsdp=2,expert=4")]
-# SFT shares the GRPO step's machinery (state sharding, batch placement): two meshes keep the file's time down
+# 4x2 splits the same axes as 2x4 the other way round: the forward and the sampler check it, the train
+# step does not. SFT shares the GRPO step's machinery (state sharding, batch placement): two meshes
+# keep the file's time down.
+GRPO_CASES = [(n, s) for n, s in CASES if s != "4x2"]
 SFT_CASES = [("dense", "2x4"), ("moe", "fsdp=2,expert=4")]
 
 
@@ -246,7 +249,7 @@ def test_greedy_sampler_tokens_agree_across_meshes(name, spec):
     np.testing.assert_allclose(got["greedy_logps"], want["greedy_logps"], atol=2e-5)
 
 
-@pytest.mark.parametrize("name, spec, kind", [(n, s, "grpo") for n, s in CASES] + [(n, s, "sft") for n, s in SFT_CASES])
+@pytest.mark.parametrize("name, spec, kind", [(n, s, "grpo") for n, s in GRPO_CASES] + [(n, s, "sft") for n, s in SFT_CASES])
 def test_train_step_agrees_across_meshes_and_keeps_its_layout(name, spec, kind):
     got, want = _train_step(name, spec, kind), _train_step(name, "1", kind)
     assert got["kept_layout"]

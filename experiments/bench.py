@@ -159,8 +159,8 @@ def bench_train(args) -> dict:
                         "peak_fraction": flops / t / ctx["peak_f32_flops"], **ctx})
 
     completion = length - prompt
-    grpo_cfg = GRPOConfig(group_size=batch, prompts_per_step=1, max_new_tokens=completion, logprob_chunk=args.chunk
-                          or completion)
+    grpo_cfg = GRPOConfig(group_size=batch, prompts_per_step=1, sampling=SamplingSettings(max_new_tokens=completion),
+                          logprob_chunk=args.chunk or completion)
     grpo = make_grpo_step(Transformer(cfg), tx, grpo_cfg)
     rng = np.random.default_rng(1)
     gbatch = GRPOBatch(

@@ -16,7 +16,7 @@ import os
 import sys
 
 from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch
-from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import R1_ZERO
 
 DEFAULT_TASKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures",
@@ -35,8 +35,8 @@ class CodeRLConfig:
     seq_len: int = 320
     sft_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, warmup_steps=10)
     rl_steps: int = 10
-    grpo: GRPOConfig = GRPOConfig(group_size=4, prompts_per_step=4, max_new_tokens=96, kl_beta=0.0,
-                                  logprob_chunk=96, temperature=1.0)
+    grpo: GRPOConfig = GRPOConfig(group_size=4, prompts_per_step=4, sampling=SamplingSettings(max_new_tokens=96),
+                                  kl_beta=0.0, logprob_chunk=96)
     rl_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-4)
     reward_timeout_s: float = 120.0
 

@@ -3,10 +3,13 @@
     python experiments/evaluate.py --workdir runs/r1_zero_tiny                        # held-out arithmetic
     python experiments/evaluate.py --workdir runs/r1_zero_tiny --data gsm8k_test.jsonl --set k=16
     python experiments/evaluate.py --workdir runs/r1_zero_tiny --set task=countdown
+    python experiments/evaluate.py --workdir runs/r1_zero_tiny --set sampling.max_new_tokens=256 \
+        --set sampling.temperature=0
 
 Reads the model config, tokenizer and params that the phase runner saved in the
-workdir; samples k completions per problem at temperature 0.6, top-p 0.95 and
-writes per-problem records to <workdir>/evaluate.jsonl.
+workdir; samples k completions per problem with `sampling` (default: the paper's
+protocol, temperature 0.6, top-p 0.95, 96 new tokens) and writes per-problem
+records to <workdir>/evaluate.jsonl.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import os
 import sys
 
 from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch
+from r1jax.config import SamplingSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,9 +30,7 @@ class EvalConfig:
     num_ops: int = 2
     max_value: int = 9
     k: int = 4
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_new_tokens: int = 96
+    sampling: SamplingSettings = SamplingSettings.for_evaluation(max_new_tokens=96)
     seed: int = 0
 
 
@@ -70,9 +72,8 @@ def main(argv=None) -> int:
     mesh = sharding.make_mesh(args.mesh) if args.mesh else sharding.single_device_mesh()
     with RewardPool(2, 10.0) as pool, sharding.use_mesh(mesh):
         params = sharding.place(saved["params"], mesh, model_cfg)
-        result = evaluate(params, model_cfg, tok, problems, max_new_tokens=cfg.max_new_tokens,
-                          template=data.R1_ZERO, rng=jax.random.key(cfg.seed), k=cfg.k,
-                          temperature=cfg.temperature, top_p=cfg.top_p, pool=pool)
+        result = evaluate(params, model_cfg, tok, problems, settings=cfg.sampling, template=data.R1_ZERO,
+                          rng=jax.random.key(cfg.seed), k=cfg.k, pool=pool)
     result.write_jsonl(os.path.join(args.workdir, "evaluate.jsonl"))
     print(json.dumps({k: round(v, 4) for k, v in result.summary().items()}, indent=1))
     return 0

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+    from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
     from r1jax.data import Problem, PromptTemplate
     from r1jax.model import init_params
     from r1jax.rewards import RewardPool, WeightedReward
@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     corpus = (" ".join("".join(rng.choices("abcdefgh", k=rng.randint(1, 5))) for _ in range(8)) for _ in range(300))
     tok = Tokenizer.train(corpus, vocab_size=300)
     cfg = ModelConfig.tiny(vocab_size=tok.vocab_size)
-    gcfg = GRPOConfig(group_size=args.group, prompts_per_step=4, max_new_tokens=8, kl_beta=args.kl,
-                      logprob_chunk=8)
+    gcfg = GRPOConfig(group_size=args.group, prompts_per_step=4, sampling=SamplingSettings(max_new_tokens=8),
+                      kl_beta=args.kl, logprob_chunk=8)
     problems = [Problem(id=f"toy-{q}", task="toy", question=q, answer="a") for q in "abcd"]
     t0 = time.time()
     with RewardPool(num_workers=2, timeout_s=10.0) as pool, open(args.out, "w") as log:

@@ -77,7 +77,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from r1jax import sharding  # noqa: E402
 from r1jax.cli import apply_overrides  # noqa: E402
-from r1jax.config import GRPOConfig, MLAConfig, ModelConfig, MoEConfig, OptimizerConfig  # noqa: E402
+from r1jax.config import GRPOConfig, MLAConfig, ModelConfig, MoEConfig, OptimizerConfig, SamplingSettings  # noqa: E402
 from r1jax.hf_config import config_from_hf, rope_scaling_from_hf  # noqa: E402
 from r1jax.model import Transformer, init_params  # noqa: E402
 from r1jax.sampling import Sampler  # noqa: E402
@@ -149,8 +149,9 @@ def model_config(shape: str, overrides: list[str], layers: int | None = None) ->
 
 def grpo_config(args: argparse.Namespace, new_tokens: int, minibatches: int) -> GRPOConfig:
     """The paper's GRPO settings (G 16, 32 prompts, KL 0.001, chunk 512) at the plan's sizes, then --grpo-set."""
-    cfg = GRPOConfig(group_size=args.group_size, prompts_per_step=args.prompts, max_new_tokens=new_tokens,
-                     num_minibatches=minibatches, grad_accum=1, kl_beta=0.001, logprob_chunk=512)
+    cfg = GRPOConfig(group_size=args.group_size, prompts_per_step=args.prompts,
+                     sampling=SamplingSettings(max_new_tokens=new_tokens), num_minibatches=minibatches, grad_accum=1,
+                     kl_beta=0.001, logprob_chunk=512)
     return apply_overrides(cfg, args.grpo_set)
 
 
@@ -179,7 +180,7 @@ def abstract_state(cfg: ModelConfig, tx, mesh):
 
 def abstract_batch(grpo: GRPOConfig, prompt_len: int, mesh) -> GRPOBatch:
     """A GRPOBatch of the step's B = prompts·G rows, rows split over the data-like axes (as shard_batch)."""
-    rows, t = grpo.prompts_per_step * grpo.group_size, grpo.max_new_tokens
+    rows, t = grpo.prompts_per_step * grpo.group_size, grpo.sampling.max_new_tokens
     return GRPOBatch(
         prompt_BxP=_sds((rows, prompt_len), jnp.int32, mesh), prompt_mask_BxP=_sds((rows, prompt_len), bool, mesh),
         completion_BxT=_sds((rows, t), jnp.int32, mesh), completion_mask_BxT=_sds((rows, t), bool, mesh),
@@ -261,7 +262,7 @@ def plan_programs(cfg: ModelConfig, step: StepPlan, mesh) -> list[dict]:
             prompts = grpo.prompts_per_step
             prompt_PxL, mask_PxL = _sds((prompts, prompt_len), jnp.int32, mesh), _sds((prompts, prompt_len), bool, mesh)
             row, prefill = step.compile(sampler._prefill, state.params, prompt_PxL, mask_PxL,
-                                        group_size=grpo.group_size, max_new_tokens=grpo.max_new_tokens)
+                                        group_size=grpo.group_size, max_new_tokens=grpo.sampling.max_new_tokens)
             add("prefill", row, params_b)
             if "decode" in programs:
                 decode_args = decode_inputs(prefill, step.rows, mesh)
@@ -300,7 +301,7 @@ def plan_one(shape: str, mesh_spec: str, step: StepPlan, overrides: list[str], l
     settings = {"shape": shape, "layers": cfg.num_layers, "full_layers": model_config(shape, overrides).num_layers,
                 "mesh": mesh_spec, "devices": mesh.size, "rows": step.rows,
                 "minibatch_rows": step.rows // step.grpo.num_minibatches, "prompt_len": step.prompt_len,
-                "new_tokens": step.grpo.max_new_tokens, "extrapolated": False,
+                "new_tokens": step.grpo.sampling.max_new_tokens, "extrapolated": False,
                 "model": cfg.to_dict()}
     return [{**settings, **row} for row in plan_programs(cfg, step, mesh)]
 

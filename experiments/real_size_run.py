@@ -20,7 +20,7 @@
 3. experiments/r1_zero.py runs as a subprocess with JAX_NUM_CPU_DEVICES=8:
        r1_zero.py --preset qwen2.5-1.5b --mesh 2x4 --workdir runs/real05
            --set init_from=runs/real05_hf --set train_jsonl=… --set test_jsonl=…
-           --set rl_steps=2 --set grpo.max_new_tokens=16 --set grpo.num_minibatches=1
+           --set rl_steps=2 --set grpo.sampling.max_new_tokens=16 --set grpo.num_minibatches=1
            --set grpo.group_size=4 --set grpo.prompts_per_step=2 --set eval_k=1 --set eval_every=0
    i.e. the preset's model execution (its `init` settings), optimizer and loss (KL
    β 0.001 with a reference copy, AdamW, logprob_chunk 512) with a small batch (8
@@ -57,7 +57,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # order matters: --set checks each GRPOConfig as it goes, so the minibatch count must shrink before the batch
-SETTINGS = ["rl_steps=2", "grpo.max_new_tokens=16", "grpo.num_minibatches=1", "grpo.group_size=4",
+SETTINGS = ["rl_steps=2", "grpo.sampling.max_new_tokens=16", "grpo.num_minibatches=1", "grpo.group_size=4",
             "grpo.prompts_per_step=2", "eval_k=1", "eval_every=0"]
 TIMINGS = "timings.jsonl"
 GIB = 1024 ** 3
@@ -137,7 +137,7 @@ def _child_predict(layers: int | None, vocab: int | None, mesh_spec: str, prompt
         def rows_of(shape, dtype):
             return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(shape, mesh))
 
-        b, p, t = rows, width, grpo.max_new_tokens
+        b, p, t = rows, width, grpo.sampling.max_new_tokens
         batch = GRPOBatch(rows_of((b, p), np.int32), rows_of((b, p), np.bool_), rows_of((b, t), np.int32),
                           rows_of((b, t), np.bool_), rows_of((b, t), np.float32), rows_of((b, t), np.float32),
                           rows_of((b, t), np.float32), rows_of((b,), np.float32))

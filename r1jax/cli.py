@@ -81,7 +81,10 @@ def _apply(obj: Any, tree: dict[str, Any], prefix: str) -> Any:
     for name, sub in tree.items():
         if name not in fields:
             full = sub[1] if isinstance(sub, tuple) else prefix + name
-            raise OverrideError(f"{full}: {type(obj).__name__} has no field {name!r}; fields: {sorted(fields)}")
+            nested = [f"{prefix}{f}.{name}" for f in sorted(fields) if dataclasses.is_dataclass(getattr(obj, f))
+                      and name in {g.name for g in dataclasses.fields(getattr(obj, f))}]
+            hint = f" (did you mean {' or '.join(nested)}?)" if nested else ""
+            raise OverrideError(f"{full}: {type(obj).__name__} has no field {name!r}{hint}; fields: {sorted(fields)}")
         if isinstance(sub, dict):
             changes[name] = _apply(getattr(obj, name), sub, prefix + name + ".")
         else:

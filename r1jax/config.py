@@ -349,17 +349,54 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How completions are drawn: token budget, temperature (0: greedy), nucleus and top-k filters, stop tokens.
+
+    One of these drives every sampling of a run: the GRPO rollouts (`GRPOConfig.sampling`), the
+    evaluations (`EvalPhase.sampling`, `evaluate(settings=...)`, experiments/evaluate.py), rejection
+    sampling, and both samplers (r1jax.sampling, r1jax.engine). A row ends at the first of `stop_ids`
+    (included in its length); the RL loop, evaluation and the phases add the tokenizer's own stop
+    ids (`with_stop_ids`), so a config names only extra ones.
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
+    stop_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
+        c = functools.partial(_check, "SamplingSettings")
+        c(self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        c(self.temperature >= 0, f"temperature={self.temperature} must be >= 0 (0: greedy)")
+        c(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]")
+        c(self.top_k >= 0, f"top_k={self.top_k} must be >= 0 (0: off)")
+        c(all(i >= 0 for i in self.stop_ids), f"stop_ids={self.stop_ids} must be token ids >= 0")
+
+    @classmethod
+    def for_evaluation(cls, max_new_tokens: int, stop_ids: tuple[int, ...] = ()) -> SamplingSettings:
+        """The R1 paper's evaluation protocol (§3): temperature 0.6, top-p 0.95, no top-k."""
+        return cls(max_new_tokens=max_new_tokens, temperature=0.6, top_p=0.95, stop_ids=stop_ids)
+
+    def with_stop_ids(self, stop_ids) -> SamplingSettings:
+        """These settings with `stop_ids` (e.g. a tokenizer's) added to their own, in order, once each."""
+        return dataclasses.replace(self, stop_ids=tuple(dict.fromkeys((*map(int, stop_ids), *self.stop_ids))))
+
+
+@dataclasses.dataclass(frozen=True)
 class GRPOConfig:
     """GRPO: sampling, loss variant and update schedule (DeepSeek-R1 Eq. 1–3; DAPO; Dr. GRPO).
 
     Each RL step samples `group_size` completions for each of `prompts_per_step`
-    prompts, then makes `inner_epochs` × `num_minibatches` optimizer updates
+    prompts with `sampling` (its max_new_tokens, temperature, top-p, top-k, extra stop ids),
+    then makes `inner_epochs` × `num_minibatches` optimizer updates
     against the sampling policy's log-probs (paper: 16 minibatches, 1 epoch);
     each minibatch's gradient is accumulated over `grad_accum` micro-batches.
     `ref_refresh_every` replaces the reference policy by the current one every
     N steps (paper: 400; None freezes it). `overlong` = "mask" drops truncated
     completions from the loss, "soft" subtracts a penalty rising linearly from 0
-    at max_new_tokens − overlong_buffer to `overlong_penalty` at max_new_tokens
+    at max_new_tokens − overlong_buffer to `overlong_penalty` at sampling.max_new_tokens
     (DAPO). `dynamic_sampling` drops groups whose rewards are all equal and
     samples more prompts, at most `max_resample_rounds` times (DAPO). `rollout`
     picks the sampler: "static" (one batch, every row until the longest ends) or
@@ -369,9 +406,7 @@ class GRPOConfig:
 
     group_size: int = 16
     prompts_per_step: int = 32
-    max_new_tokens: int = 1024
-    temperature: float = 1.0
-    top_p: float = 1.0
+    sampling: SamplingSettings = SamplingSettings(max_new_tokens=1024)
     inner_epochs: int = 1
     num_minibatches: int = 1
     grad_accum: int = 1
@@ -400,15 +435,14 @@ class GRPOConfig:
         c(self.rollout in ROLLOUT_SAMPLERS, f"rollout={self.rollout!r} must be one of {ROLLOUT_SAMPLERS}")
         c(self.rollout_slots >= 0, f"rollout_slots={self.rollout_slots} must be >= 0 (0: one per row)")
         c(self.page_size >= 1, f"page_size={self.page_size} must be >= 1")
-        for name in ("group_size", "prompts_per_step", "max_new_tokens", "inner_epochs", "num_minibatches",
+        for name in ("group_size", "prompts_per_step", "inner_epochs", "num_minibatches",
                      "grad_accum", "logprob_chunk", "max_bad_steps"):
             c(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
         rows = self.group_size * self.prompts_per_step
         c(rows % (self.num_minibatches * self.grad_accum) == 0,
           f"num_minibatches·grad_accum={self.num_minibatches * self.grad_accum} must divide "
           f"group_size·prompts_per_step={rows}")
-        c(self.temperature >= 0, f"temperature={self.temperature} must be >= 0")
-        c(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]")
+        c(isinstance(self.sampling, SamplingSettings), f"sampling={self.sampling!r} must be a SamplingSettings")
         c(self.eps_low >= 0 and self.eps_high >= 0, f"eps_low/eps_high must be >= 0")
         c(self.dual_clip is None or self.dual_clip > 1, f"dual_clip={self.dual_clip} must be > 1 or None")
         c(self.kl_beta >= 0, f"kl_beta={self.kl_beta} must be >= 0")
@@ -418,6 +452,6 @@ class GRPOConfig:
         c(self.ref_refresh_every is None or self.ref_refresh_every >= 1,
           f"ref_refresh_every={self.ref_refresh_every} must be >= 1 or None")
         c(self.overlong in OVERLONG_MODES, f"overlong={self.overlong!r} must be one of {OVERLONG_MODES}")
-        c(0 <= self.overlong_buffer < self.max_new_tokens,
-          f"overlong_buffer={self.overlong_buffer} must be in [0, max_new_tokens)")
+        c(0 <= self.overlong_buffer < self.sampling.max_new_tokens,
+          f"overlong_buffer={self.overlong_buffer} must be in [0, sampling.max_new_tokens)")
         c(self.max_resample_rounds >= 0, f"max_resample_rounds={self.max_resample_rounds} must be >= 0")

@@ -37,34 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.config import ModelConfig
+from r1jax.config import ModelConfig, SamplingSettings
 from r1jax.model import PagedCache, Transformer, init_paged_cache, map_pages
 from r1jax.sampling import SampleOutput, _per_row
 from r1jax.sampling_ops import choose_tokens
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingSettings:
-    """How completions are drawn: token budget, temperature (0: greedy), nucleus and top-k filters, stop tokens."""
-
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: no top-k filter
-    stop_ids: tuple[int, ...] = ()  # a row ends at the first of these (included in its length)
-
-    def __post_init__(self):
-        object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
-        if self.max_new_tokens < 1:
-            raise ValueError(f"SamplingSettings.max_new_tokens={self.max_new_tokens} must be >= 1")
-        if self.temperature < 0:
-            raise ValueError(f"SamplingSettings.temperature={self.temperature} must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"SamplingSettings.top_p={self.top_p} must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError(f"SamplingSettings.top_k={self.top_k} must be >= 0 (0: off)")
-        if any(i < 0 for i in self.stop_ids):
-            raise ValueError(f"SamplingSettings.stop_ids={self.stop_ids} must be token ids >= 0")
 
 
 @flax.struct.dataclass

@@ -1,14 +1,14 @@
 """Evaluation: k samples per problem → pass@1, cons@k, pass@k (DeepSeek-R1, arXiv 2501.12948, Sec. 3).
 
     problems = load_jsonl("math500.jsonl")        # or generate_arithmetic(cfg, "test", 200), or the path itself
-    result = evaluate(params, model_cfg, tok, problems, k=16, max_new_tokens=1024, template=R1_ZERO,
-                      rng=jax.random.key(0))
+    result = evaluate(params, model_cfg, tok, problems, k=16, template=R1_ZERO, rng=jax.random.key(0),
+                      settings=SamplingSettings.for_evaluation(max_new_tokens=1024))
     result.summary()  # {"pass@1": …, "pass@16": …, "cons@16": …, "format": …, "gsm8k/pass@1": …}
     result.write_jsonl("eval.jsonl")  # one line per problem: question, gold, k completions/answers/correctness
 
-Paper protocol: temperature 0.6, top-p 0.95, k samples per question; pass@1 is the mean
-correctness over the k samples, cons@k the accuracy of the majority-voted answer. pass@k is
-the unbiased estimator of Chen et al. 2021 (arXiv 2107.03374, Sec. 2.1).
+Paper protocol (`SamplingSettings.for_evaluation`): temperature 0.6, top-p 0.95, k samples per
+question; pass@1 is the mean correctness over the k samples, cons@k the accuracy of the
+majority-voted answer. pass@k is the unbiased estimator of Chen et al. 2021 (arXiv 2107.03374, Sec. 2.1).
 
 A sample is correct when its correctness function scores it >= 1 (full marks). The function
 has the reward signature `fn(prompts, completions, **columns) -> list[float]` and is called
@@ -24,25 +24,23 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 from typing import Any
 
 import jax
 import numpy as np
 from tqdm import tqdm  # std bars: tqdm.auto needs ipywidgets in a notebook kernel
 
-from r1jax.config import ModelConfig
+from r1jax.config import ModelConfig, SamplingSettings
 from r1jax.sharding import to_host
 from r1jax.data import Problem, batch_columns, load_jsonl
-from r1jax.engine import Engine, SamplingSettings
+from r1jax.engine import Engine
 from r1jax.rewards.accuracy import as_fraction
 from r1jax.rewards import (RewardFn, RewardPool, WeightedReward, accuracy_reward, combine_rewards, countdown_reward,
                            format_reward)
 from r1jax.sampling import Sampler
 from r1jax.text import final_answer
-from r1jax.tokenizer import Tokenizer
+from r1jax.tokenizer import Tokenizer, tokenizer_stop_ids
 
-PAPER_TEMPERATURE, PAPER_TOP_P = 0.6, 0.95  # R1 paper, Sec. 3 evaluation setup
 TASK_CORRECTNESS: dict[str, RewardFn] = {"countdown": countdown_reward}  # every other task: accuracy_reward
 
 _SPACE_RE = re.compile(r"\s+|\\[,;:! ]")
@@ -210,19 +208,18 @@ class EvalResult:
 
 # ----------------------------------------------------------------------------- sampling and scoring
 def sample_completions(sampler: Sampler | Engine, params: Any, tokenizer: Tokenizer, prompts: Sequence[str],
-                       rng: jax.Array, *, k: int, max_new_tokens: int, temperature: float, top_p: float,
-                       batch_size: int, add_bos: bool = True) -> tuple[list[str], np.ndarray, np.ndarray]:
+                       rng: jax.Array, *, k: int, settings: SamplingSettings, batch_size: int,
+                       add_bos: bool = True) -> tuple[list[str], np.ndarray, np.ndarray]:
     """k completions per prompt as (texts, lengths, truncated), rows i·k … i·k+k−1 for prompt i.
 
-    The static sampler takes prompts `batch_size` at a time (batch b samples with `fold_in(rng, b)`);
-    a short last batch is padded with copies of its last prompt so every call reuses the compiled
-    shapes. An `Engine` takes them all in one call (its slots bound the memory; each sample's key
-    comes from `rng`, its prompt and its index).
+    `settings` gain the tokenizer's stop ids. The static sampler takes prompts `batch_size` at a
+    time (batch b samples with `fold_in(rng, b)`); a short last batch is padded with copies of its
+    last prompt so every call reuses the compiled shapes. An `Engine` takes them all in one call
+    (its slots bound the memory; each sample's key comes from `rng`, its prompt and its index).
     """
     prompt_ids = [tokenizer.encode(p, add_bos=add_bos) for p in prompts]  # as GRPOTrainer.rollout
+    settings = settings.with_stop_ids(tokenizer_stop_ids(tokenizer))
     if isinstance(sampler, Engine):
-        settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                    stop_ids=tokenizer.stop_ids)
         out = sampler.generate(params, prompt_ids, rng, group_size=k, settings=settings)
         tokens_BxT, lengths_B, truncated_B = to_host((out.tokens_BxT, out.lengths_B, out.truncated_B))
         return ([tokenizer.decode(row[:n]) for row, n in zip(tokens_BxT, lengths_B)], lengths_B.astype(int),
@@ -234,8 +231,7 @@ def sample_completions(sampler: Sampler | Engine, params: Any, tokenizer: Tokeni
     for b, start in enumerate(tqdm(starts, desc="evaluate", unit="batch", disable=quiet)):
         chunk = prompt_ids[start:start + batch_size]
         padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
-        out = sampler.sample(params, padded, jax.random.fold_in(rng, b), group_size=k,
-                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        out = sampler.generate(params, padded, jax.random.fold_in(rng, b), group_size=k, settings=settings)
         tokens_BxT, lengths_B, truncated_B = to_host((out.tokens_BxT, out.lengths_B, out.truncated_B))
         rows = len(chunk) * k
         texts += [tokenizer.decode(row[:n]) for row, n in zip(tokens_BxT[:rows], lengths_B[:rows])]
@@ -263,12 +259,12 @@ def score_correctness(problems: Sequence[Problem], prompts: Sequence[str], compl
 
 # ----------------------------------------------------------------------------- entry point
 def evaluate(params: Any, model_cfg: ModelConfig, tokenizer: Tokenizer,
-             problems: Sequence[Problem] | str | os.PathLike, *, max_new_tokens: int, template: Any,
-             rng: jax.Array, k: int = 4, temperature: float = PAPER_TEMPERATURE, top_p: float = PAPER_TOP_P,
-             batch_size: int = 32, sampler: Sampler | Engine | None = None, correctness_fn: RewardFn | None = None,
+             problems: Sequence[Problem] | str | os.PathLike, *, settings: SamplingSettings, template: Any,
+             rng: jax.Array, k: int = 4, batch_size: int = 32, sampler: Sampler | Engine | None = None,
+             correctness_fn: RewardFn | None = None,
              answer_fn: Callable[[str], str | None] = final_answer, pool: RewardPool | None = None,
              add_bos: bool = True) -> EvalResult:
-    """Sample k completions per problem, score them, and compute pass@1, pass@k, cons@k (R1 protocol defaults).
+    """Sample k completions per problem with `settings`, score them, and compute pass@1, pass@k, cons@k.
 
     `problems` is a sequence of Problems or the path of a GSM8K/MATH JSONL file (`load_jsonl`).
     `template` renders questions (e.g. R1_ZERO); `answer_fn` extracts the answer that cons@k votes on;
@@ -281,16 +277,18 @@ def evaluate(params: Any, model_cfg: ModelConfig, tokenizer: Tokenizer,
         raise ValueError("evaluate needs at least one problem")
     if not all(isinstance(p, Problem) for p in problems):
         raise TypeError("problems must be r1jax.data.Problem instances (or a JSONL path)")
-    for name, value in (("k", k), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+    if not isinstance(settings, SamplingSettings):
+        raise TypeError(f"settings must be r1jax.config.SamplingSettings (e.g. SamplingSettings.for_evaluation(1024)), "
+                        f"got {type(settings).__name__}")
+    for name, value in (("k", k), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if sampler is None:
-        sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                          stop_ids=getattr(tokenizer, "stop_ids", ()))
+        sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
     prompts = [template.render(p.question) for p in problems]
     texts, lengths_B, truncated_B = sample_completions(
-        sampler, params, tokenizer, prompts, rng, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_p=top_p, batch_size=min(batch_size, len(problems)), add_bos=add_bos)
+        sampler, params, tokenizer, prompts, rng, k=k, settings=settings, batch_size=min(batch_size, len(problems)),
+        add_bos=add_bos)
     correct_PxK, failures = score_correctness(problems, prompts, texts, k, correctness_fn, pool)
     well_formed_B = np.asarray(format_reward([p for p in prompts for _ in range(k)], texts)) >= 1.0
 

@@ -1,15 +1,16 @@
 """Jitted sampler: one prefill per prompt, its KV cache shared by G samples, a while_loop decode.
 
-    sampler = Sampler(model_cfg, eos_id=tok.eos_id, pad_id=tok.pad_id)
-    out = sampler.sample(params, prompt_ids, rng, group_size=8, max_new_tokens=256,
-                         temperature=1.0, top_p=1.0)
+    sampler = Sampler(model_cfg, eos_id=tok.eos_id, pad_id=tok.pad_id, stop_ids=tok.stop_ids)
+    out = sampler.generate(params, prompt_ids, rng, group_size=8,
+                           settings=SamplingSettings(max_new_tokens=256, temperature=1.0))
+    # or, field by field: sampler.sample(params, prompt_ids, rng, group_size=8, max_new_tokens=256)
     out.tokens_BxT, out.logps_BxT, out.lengths_B, out.truncated_B   # B = prompts · G
 
 Rows b·G … b·G+G−1 are the samples of prompt b. `logps_BxT` are log-probs of
 the sampled tokens under the *raw* model (temperature 1, no top-p/top-k), the
 quantity the GRPO ratio needs; they are 0 after a row's end. A row ends with its
-EOS token or one of `stop_ids` (included in its length); `truncated_B` marks rows that hit
-max_new_tokens without EOS. Prompt lengths are rounded up to a multiple of
+EOS token or one of `stop_ids` (the sampler's and the settings'; included in its length);
+`truncated_B` marks rows that hit max_new_tokens without one. Prompt lengths are rounded up to a multiple of
 `prompt_bucket`, so calls with a new prompt length in the same bucket, batch
 size and settings reuse the compiled code.
 """
@@ -24,9 +25,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.config import ModelConfig
-from r1jax.model import Cache, Transformer, init_cache, repeat_cache
+from r1jax.config import ModelConfig, SamplingSettings
+from r1jax.model import Cache, Transformer, init_cache, positions_from_mask, repeat_cache
 from r1jax.sampling_ops import choose_tokens
+from r1jax.tokenizer import pad_rows
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids_PxL int32, mask_PxL bool): prompts right-aligned in a width rounded up to `bucket`, so
+    every row's last real token is in the last column (the sampler's and the GRPO batch's layout)."""
+    ids_PxL, lengths_P = pad_rows(prompts, pad_id, pad_to_multiple=bucket, left_pad=True)
+    width = ids_PxL.shape[1]
+    return ids_PxL, np.arange(width)[None, :] >= (width - lengths_P)[:, None]
 
 
 @flax.struct.dataclass
@@ -77,15 +87,15 @@ class Sampler:
         self.model = Transformer(cfg)
         self.trace_counts: collections.Counter[str] = collections.Counter()
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("group_size", "max_new_tokens"))
-        self._decode = jax.jit(self._decode_impl, static_argnames=("top_k",), donate_argnames=("state",))
-        self._step = jax.jit(self._step_impl, static_argnames=("top_k",), donate_argnames=("state",))
+        self._decode = jax.jit(self._decode_impl, static_argnames=("top_k", "stop_ids"), donate_argnames=("state",))
+        self._step = jax.jit(self._step_impl, static_argnames=("top_k", "stop_ids"), donate_argnames=("state",))
 
     # ------------------------------------------------------------- device side
     def _prefill_impl(self, params, prompt_PxL, prompt_mask_PxL, *, group_size: int,
                       max_new_tokens: int) -> SamplingState:
         self.trace_counts["prefill"] += 1
         num_prompts, length = prompt_PxL.shape
-        positions_PxL = jnp.maximum(jnp.cumsum(prompt_mask_PxL, axis=1, dtype=jnp.int32) - 1, 0)
+        positions_PxL = positions_from_mask(prompt_mask_PxL)
         cache = init_cache(self.cfg, num_prompts, length + max_new_tokens, self.cache_dtype)
         hidden_PxLxE, cache = self.model.apply({"params": params}, prompt_PxL, positions_PxL,
                                                prompt_mask_PxL, cache, method="hidden")
@@ -103,7 +113,8 @@ class Sampler:
             cache=repeat_cache(cache, group_size),
         )
 
-    def _advance(self, params, state: SamplingState, rng, temperature_B, top_p_B, top_k) -> SamplingState:
+    def _advance(self, params, state: SamplingState, rng, temperature_B, top_p_B, top_k,
+                 stop_ids: tuple[int, ...]) -> SamplingState:
         """Choose each live row's next token, record it, and run the model on it."""
         token_B, logp_B = choose_tokens(state.logits_BxV, jax.random.fold_in(rng, state.step),
                                         temperature_B, top_p_B, top_k)
@@ -117,12 +128,12 @@ class Sampler:
                                                live_B[:, None], state.cache)
         return SamplingState(
             step=state.step + 1, tokens_BxT=tokens_BxT, logps_BxT=logps_BxT,
-            done_B=state.done_B | (live_B & jnp.isin(token_B, jnp.asarray(self.stop_ids, jnp.int32))),
+            done_B=state.done_B | (live_B & jnp.isin(token_B, jnp.asarray(stop_ids, jnp.int32))),
             lengths_B=state.lengths_B + live_B.astype(jnp.int32),
             next_pos_B=state.next_pos_B + 1, logits_BxV=logits_Bx1xV[:, 0], cache=cache)
 
     def _decode_impl(self, params, state: SamplingState, rng, temperature_B, top_p_B, *,
-                     top_k: int | None) -> SamplingState:
+                     top_k: int | None, stop_ids: tuple[int, ...] | None = None) -> SamplingState:
         self.trace_counts["decode"] += 1
         max_new_tokens = state.tokens_BxT.shape[1]
 
@@ -130,12 +141,13 @@ class Sampler:
             return (s.step < max_new_tokens) & ~jnp.all(s.done_B)
 
         return jax.lax.while_loop(steps_left_and_some_row_running,
-                                  lambda s: self._advance(params, s, rng, temperature_B, top_p_B, top_k),
+                                  lambda s: self._advance(params, s, rng, temperature_B, top_p_B, top_k,
+                                                          stop_ids or self.stop_ids),
                                   state)
 
-    def _step_impl(self, params, state, rng, temperature_B, top_p_B, *, top_k):
+    def _step_impl(self, params, state, rng, temperature_B, top_p_B, *, top_k, stop_ids=None):
         self.trace_counts["step"] += 1
-        return self._advance(params, state, rng, temperature_B, top_p_B, top_k)
+        return self._advance(params, state, rng, temperature_B, top_p_B, top_k, stop_ids or self.stop_ids)
 
     # --------------------------------------------------------------- host side
     def _start(self, params, prompts: Sequence[Sequence[int]], *, group_size: int, max_new_tokens: int,
@@ -147,11 +159,7 @@ class Sampler:
         lengths = [len(p) for p in prompts]
         if min(lengths) == 0:
             raise ValueError(f"prompt {lengths.index(0)} is empty; every prompt needs at least one token")
-        width = -(-max(lengths) // self.prompt_bucket) * self.prompt_bucket
-        prompt_PxL = np.full((len(prompts), width), self.pad_id, np.int32)
-        for i, p in enumerate(prompts):
-            prompt_PxL[i, width - len(p):] = p  # left padding
-        mask_PxL = np.arange(width)[None, :] >= (width - np.asarray(lengths))[:, None]
+        prompt_PxL, mask_PxL = left_pad(prompts, self.pad_id, self.prompt_bucket)
         temperature_B = _per_row(temperature, len(prompts), group_size, "temperature")
         top_p_B = _per_row(top_p, len(prompts), group_size, "top_p")
         if (temperature_B < 0).any() or ((top_p_B <= 0) | (top_p_B > 1)).any():
@@ -166,12 +174,23 @@ class Sampler:
                             truncated_B=~state.done_B)
 
     def sample(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array, *, group_size: int = 1,
-               max_new_tokens: int, temperature=1.0, top_p=1.0, top_k: int | None = None) -> SampleOutput:
-        """G completions of each prompt (token ids, no padding); temperature/top_p per prompt or row."""
+               max_new_tokens: int, temperature=1.0, top_p=1.0, top_k: int | None = None,
+               stop_ids: Sequence[int] = ()) -> SampleOutput:
+        """G completions of each prompt (token ids, no padding); temperature/top_p per prompt or row.
+
+        A row also ends at any of `stop_ids` (on top of the sampler's own)."""
         state, temperature_B, top_p_B = self._start(params, prompts, group_size=group_size,
                                                     max_new_tokens=max_new_tokens, temperature=temperature,
                                                     top_p=top_p)
-        return self._output(self._decode(params, state, rng, temperature_B, top_p_B, top_k=top_k))
+        stops = tuple(dict.fromkeys((*self.stop_ids, *map(int, stop_ids))))
+        return self._output(self._decode(params, state, rng, temperature_B, top_p_B, top_k=top_k, stop_ids=stops))
+
+    def generate(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array, *, group_size: int = 1,
+                 settings: SamplingSettings) -> SampleOutput:
+        """`sample` with every setting from `settings` (the engine's signature: r1jax.engine.Engine)."""
+        return self.sample(params, prompts, rng, group_size=group_size, max_new_tokens=settings.max_new_tokens,
+                           temperature=settings.temperature, top_p=settings.top_p,
+                           top_k=settings.top_k or None, stop_ids=settings.stop_ids)
 
     def stream(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array, *, group_size: int = 1,
                max_new_tokens: int, temperature=1.0, top_p=1.0, top_k: int | None = None

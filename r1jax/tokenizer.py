@@ -166,6 +166,11 @@ class Tokenizer:
         return out
 
 
+def tokenizer_stop_ids(tokenizer) -> tuple[int, ...]:
+    """The tokens that end a completion for `tokenizer`: its `stop_ids`, or its eos id alone."""
+    return tuple(getattr(tokenizer, "stop_ids", None) or (tokenizer.eos_id,))
+
+
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, *, max_len: int | None = None, pad_to_multiple: int = 1,
              left_pad: bool = False, truncate: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Token rows as `(ids_BxL int32, lengths_B int32)`, padded to max_len or the longest row (bucketed)."""

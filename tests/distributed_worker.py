@@ -64,7 +64,7 @@ def run_grpo(tokenizer_path: str, mesh_spec: str = GRPO_MESH, steps: int = 2) ->
     import jax
 
     from r1jax import sharding
-    from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+    from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
     from r1jax.data import Problem, PromptTemplate
     from r1jax.model import init_params
     from r1jax.rewards import WeightedReward
@@ -77,8 +77,8 @@ def run_grpo(tokenizer_path: str, mesh_spec: str = GRPO_MESH, steps: int = 2) ->
     tok = Tokenizer.load(tokenizer_path)
     cfg = ModelConfig.tiny(vocab_size=tok.vocab_size)
     params = jax.tree.map(np.asarray, init_params(cfg, jax.random.key(0)))  # the same host params everywhere
-    gcfg = GRPOConfig(group_size=4, prompts_per_step=4, max_new_tokens=8, kl_beta=0.01, logprob_chunk=8,
-                      num_minibatches=2)
+    gcfg = GRPOConfig(group_size=4, prompts_per_step=4, sampling=SamplingSettings(max_new_tokens=8), kl_beta=0.01,
+                      logprob_chunk=8, num_minibatches=2)
     mesh = sharding.make_mesh(mesh_spec)
     problems = [Problem(id=f"p{i}", task="toy", question=q, answer="a") for i, q in enumerate("abcd")]
     with sharding.use_mesh(mesh):

@@ -2,7 +2,7 @@
 import pytest
 
 from r1jax.cli import OverrideError, apply_overrides
-from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
 
 
 def test_nested_overrides_parse_by_type():
@@ -34,6 +34,19 @@ def test_unknown_field_and_bad_values_are_clear_errors():
         apply_overrides(GRPOConfig(), ["kl_estimator=k9"])  # the dataclass's own validation
     with pytest.raises(OverrideError, match="has no fields"):
         apply_overrides(GRPOConfig(), ["group_size.x=1"])
+    with pytest.raises(OverrideError, match=r"did you mean sampling\.max_new_tokens\?"):
+        apply_overrides(GRPOConfig(), ["max_new_tokens=16"])  # a field of a nested settings object
+
+
+def test_sampling_settings_are_set_field_by_field_and_validated():
+    cfg = apply_overrides(GRPOConfig(), ["sampling.max_new_tokens=16", "sampling.temperature=0",
+                                         "sampling.stop_ids=3,4"])
+    assert cfg.sampling == SamplingSettings(max_new_tokens=16, temperature=0.0, stop_ids=(3, 4))
+    assert cfg.sampling.with_stop_ids((2, 3)).stop_ids == (2, 3, 4)  # the tokenizer's first, each once
+    with pytest.raises(OverrideError, match=r"SamplingSettings\.top_p=2\.0 must be in \(0, 1\]"):
+        apply_overrides(GRPOConfig(), ["sampling.top_p=2"])
+    with pytest.raises(OverrideError, match="overlong_buffer=16 must be in"):
+        apply_overrides(GRPOConfig(), ["sampling.max_new_tokens=16", "overlong_buffer=16"])
 
 
 def test_experiment_config_overrides():

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from r1jax.config import ModelConfig
+from r1jax.config import ModelConfig, SamplingSettings
 from r1jax.data import (ArithmeticConfig, CountdownConfig, Problem, PromptTemplate, generate_arithmetic,
                         generate_countdown, load_jsonl)
 from r1jax.engine import Engine
@@ -143,10 +143,11 @@ def _toy_problems(n):
             for i, q in enumerate(["abc", "bad", "cafe", "dh", "ga"][:n])]
 
 
-def _run(tiny, problems, **kw):
+def _run(tiny, problems, max_new_tokens=6, temperature=1.0, **kw):
     tok, cfg, params, sampler = tiny
-    args = dict(k=4, max_new_tokens=6, template=TOY, rng=jax.random.key(1), sampler=sampler, correctness_fn=has_i,
-                answer_fn=first_char, batch_size=2, temperature=1.0, top_p=1.0)
+    args = dict(k=4, template=TOY, rng=jax.random.key(1), sampler=sampler, correctness_fn=has_i,
+                answer_fn=first_char, batch_size=2,
+                settings=SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature))
     return evaluate(params, cfg, tok, problems, **{**args, **kw})
 
 

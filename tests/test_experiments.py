@@ -37,11 +37,11 @@ def test_evaluate_reads_a_workdir(code_rl_workdir):
     tmp_path = code_rl_workdir
     ev = _load("evaluate")
     assert ev.main(["--workdir", str(tmp_path), "--set", "problems=3", "--set", "k=2",
-                    "--set", "max_new_tokens=8"]) == 0
+                    "--set", "sampling.max_new_tokens=8"]) == 0
     assert len((tmp_path / "evaluate.jsonl").read_text().splitlines()) == 3
     gsm8k = ROOT / "tests" / "fixtures" / "eval" / "gsm8k_tiny.jsonl"
     assert ev.main(["--workdir", str(tmp_path), "--data", str(gsm8k), "--set", "k=1",
-                    "--set", "max_new_tokens=4", "--mesh", "2x4"]) == 0  # params sharded over 8 CPU devices
+                    "--set", "sampling.max_new_tokens=4", "--mesh", "2x4"]) == 0  # params sharded over 8 CPU devices
     assert len((tmp_path / "evaluate.jsonl").read_text().splitlines()) == 4
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
 from r1jax.model import Transformer, init_params
 from r1jax.rl.grpo import grpo_objective
 from r1jax.train.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn
@@ -113,7 +113,8 @@ def test_ratio_one_gradient_is_plain_policy_gradient(params):
 
 
 def _step_setup(params, **cfg_kw):
-    gcfg = GRPOConfig(group_size=2, prompts_per_step=2, max_new_tokens=6, logprob_chunk=4, **cfg_kw)
+    gcfg = GRPOConfig(group_size=2, prompts_per_step=2, sampling=SamplingSettings(max_new_tokens=6), logprob_chunk=4,
+                      **cfg_kw)
     tx = make_optimizer(OptimizerConfig(learning_rate=1e-2, grad_clip=1.0))
     return make_grpo_step(MODEL, tx, gcfg), init_train_state(jax.tree.map(jnp.copy, params), tx)
 

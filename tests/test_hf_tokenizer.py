@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from r1jax.config import ModelConfig
+from r1jax.config import ModelConfig, SamplingSettings
 from r1jax.data import ArithmeticConfig, PromptTemplate, generate_arithmetic
 from r1jax.evaluate import evaluate
 from r1jax.hf_tokenizer import HFTokenizer
@@ -55,7 +55,8 @@ def test_sampler_and_evaluation_run_with_it(folder):
     tok = HFTokenizer.load(folder)
     cfg = ModelConfig.tiny(vocab_size=tok.vocab_size)
     problems = generate_arithmetic(ArithmeticConfig(num_ops=1, max_value=9), "test", 2, seed=0)
-    result = evaluate(init_params(cfg, jax.random.key(0)), cfg, tok, problems, max_new_tokens=6,
+    result = evaluate(init_params(cfg, jax.random.key(0)), cfg, tok, problems,
+                      settings=SamplingSettings.for_evaluation(6),
                       template=PromptTemplate("q", "Q: {prompt} A:"), rng=jax.random.key(1), k=2)
     assert len(result.records) == 2 and all(len(r.completions) == 2 for r in result.records)
     assert np.isfinite(result.summary()["pass@1"])
@@ -95,6 +96,7 @@ def test_evaluation_through_the_engine_stops_at_the_tokenizers_stop_ids(folder, 
     cfg = ModelConfig.tiny(vocab_size=tok.vocab_size)
     engine = Recording(cfg, pad_id=tok.pad_id, slots=4, page_size=8)
     problems = generate_arithmetic(ArithmeticConfig(num_ops=1, max_value=9), "test", 2, seed=0)
-    result = evaluate(init_params(cfg, jax.random.key(0)), cfg, tok, problems, max_new_tokens=6, sampler=engine,
+    result = evaluate(init_params(cfg, jax.random.key(0)), cfg, tok, problems,
+                      settings=SamplingSettings.for_evaluation(6), sampler=engine,
                       template=PromptTemplate("q", "Q: {prompt} A:"), rng=jax.random.key(1), k=2)
     assert engine.settings.stop_ids == (tok.eos_id, end_of_text) and len(result.records) == 2

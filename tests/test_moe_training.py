@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax.config import GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig
+from r1jax.config import GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig, SamplingSettings
 from r1jax.data.packing import Example, pack
 from r1jax.model import Transformer, init_params
 from r1jax.train.grpo_step import GRPOBatch, make_grpo_step
@@ -43,8 +43,9 @@ def test_sft_step_updates_bias_against_load(params):
 def test_grpo_step_logs_moe_metrics_and_moves_bias(params):
     tx = make_optimizer(OptimizerConfig(learning_rate=1e-3))
     state = init_train_state(jax.tree.map(jnp.copy, params), tx)
-    step = make_grpo_step(Transformer(CFG), tx, GRPOConfig(group_size=2, prompts_per_step=2, max_new_tokens=4,
-                                                           logprob_chunk=4, kl_beta=0.0, grad_accum=2))
+    gcfg = GRPOConfig(group_size=2, prompts_per_step=2, sampling=SamplingSettings(max_new_tokens=4), logprob_chunk=4,
+                      kl_beta=0.0, grad_accum=2)
+    step = make_grpo_step(Transformer(CFG), tx, gcfg)
     rng = np.random.default_rng(1)
     batch = GRPOBatch(
         prompt_BxP=jnp.asarray(rng.integers(2, 32, (4, 3)), jnp.int32), prompt_mask_BxP=jnp.ones((4, 3), bool),

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import ArithmeticConfig, PromptTemplate, generate_arithmetic, worked_solution
 from r1jax.metrics import MetricsWriter, read_metrics
 from r1jax.phases import EvalPhase, RejectionSamplingPhase, RLPhase, Runner, SFTPhase, StopRun, TokenizerPhase
@@ -31,10 +31,10 @@ def _phases():
         SFTPhase("sft", _pairs, steps=7, batch_size=4, seq_len=256, log_every=1,
                  optimizer=OptimizerConfig(learning_rate=3e-3)),
         RLPhase("rl", _problems, {"accuracy": WeightedReward(accuracy_reward), "format": WeightedReward(format_reward)},
-                TEMPLATE, steps=4, grpo=GRPOConfig(group_size=2, prompts_per_step=2, max_new_tokens=12,
-                                                   logprob_chunk=12, kl_beta=0.01),
+                TEMPLATE, steps=4, grpo=GRPOConfig(group_size=2, prompts_per_step=2, logprob_chunk=12, kl_beta=0.01,
+                                                   sampling=SamplingSettings(max_new_tokens=12)),
                 optimizer=OptimizerConfig(learning_rate=1e-3)),
-        EvalPhase("eval", lambda ctx: _problems(ctx, "test", 4), TEMPLATE, max_new_tokens=12, k=2),
+        EvalPhase("eval", lambda ctx: _problems(ctx, "test", 4), TEMPLATE, SamplingSettings.for_evaluation(12), k=2),
     ]
 
 
@@ -88,7 +88,8 @@ def test_finished_run_does_nothing_more(reference):
 
 def test_rejection_sampling_writes_clean_correct_traces(reference, tmp_path):
     workdir, ctx = reference
-    phase = RejectionSamplingPhase("rs", lambda c: _problems(c, "train", 8), TEMPLATE, max_new_tokens=40, k=2)
+    phase = RejectionSamplingPhase("rs", lambda c: _problems(c, "train", 8), TEMPLATE,
+                                   SamplingSettings(max_new_tokens=40, temperature=0.7), k=2)
     ctx.workdir, ctx.phase_name = str(tmp_path), "rs"
     with MetricsWriter(tmp_path) as ctx.metrics:
         phase.run(ctx, None, None)
@@ -128,7 +129,7 @@ def _snapshot_phases():
     return [TokenizerPhase(texts=lambda ctx: [a + b for a, b in _pairs(ctx)], vocab_size=300),
             SFTPhase("sft", _pairs, steps=2, **sft), SnapshotPhase("base"),
             SFTPhase("sft2", _pairs, steps=2, **sft), RestorePhase("base"),
-            EvalPhase("eval", lambda ctx: _problems(ctx, "test", 2), TEMPLATE, max_new_tokens=4, k=1)]
+            EvalPhase("eval", lambda ctx: _problems(ctx, "test", 2), TEMPLATE, SamplingSettings.for_evaluation(4), k=1)]
 
 
 def test_restore_phase_brings_back_the_snapshot_params_across_a_resume(tmp_path):
@@ -173,14 +174,15 @@ def test_eval_phase_through_the_engine_scores_like_the_static_sampler(reference,
     ctx.workdir = str(tmp_path)
     results = {}
     for rollout in ("static", "engine"):
-        phase = EvalPhase(f"eval_{rollout}", lambda c: _problems(c, "test", 4), TEMPLATE, max_new_tokens=12, k=2,
-                          temperature=0.0, rollout=rollout, rollout_slots=4)
+        phase = EvalPhase(f"eval_{rollout}", lambda c: _problems(c, "test", 4), TEMPLATE,
+                          SamplingSettings(max_new_tokens=12, temperature=0.0), k=2, rollout=rollout, rollout_slots=4)
         ctx.phase_name = phase.name
         with MetricsWriter(tmp_path / rollout) as ctx.metrics:
             phase.run(ctx, None, None)
         results[rollout] = [json.loads(line)["completions"]
                             for line in (tmp_path / f"{phase.name}.jsonl").read_text().splitlines()]
     assert results["engine"] == results["static"]
-    bad = EvalPhase("bad", lambda c: _problems(c, "test", 1), TEMPLATE, max_new_tokens=4, rollout="paged")
+    bad = EvalPhase("bad", lambda c: _problems(c, "test", 1), TEMPLATE, SamplingSettings(max_new_tokens=4),
+                    rollout="paged")
     with pytest.raises(ValueError, match="rollout='paged'"):
         bad.run(ctx, None, None)

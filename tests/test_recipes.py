@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from r1jax.config import GRPOConfig, ModelConfig
+from r1jax.config import GRPOConfig, ModelConfig, SamplingSettings
 from r1jax.data import R1_ZERO, ArithmeticConfig, generate_arithmetic, worked_solution
 from r1jax.hf import load_hf, save_hf
 from r1jax.hf_tokenizer import HFTokenizer
@@ -20,7 +20,8 @@ from r1jax.recipes import distill, r1_zero
 from bpe_tokenizer import write_bpe_tokenizer
 
 GSM8K = pathlib.Path(__file__).parent / "fixtures" / "eval" / "gsm8k_tiny.jsonl"
-GRPO = GRPOConfig(group_size=2, prompts_per_step=2, max_new_tokens=8, logprob_chunk=8, kl_beta=0.0)
+GRPO = GRPOConfig(group_size=2, prompts_per_step=2, sampling=SamplingSettings(max_new_tokens=8), logprob_chunk=8,
+                  kl_beta=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,8 @@ SMOKE = r1_zero.R1ZeroConfig(
     task=TASK, train_problems=40, test_problems=4, vocab_size=400, pretrain_steps=4, pretrain_batch=4, seq_len=224,
     model=ModelConfig(vocab_size=400, embed_dim=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
                       mlp_dim=64, max_len=256),
-    rl_steps=1, grpo=dataclasses.replace(GRPO, max_new_tokens=16, logprob_chunk=16), eval_every=0, eval_k=1)
+    rl_steps=1, grpo=dataclasses.replace(GRPO, sampling=SamplingSettings(max_new_tokens=16), logprob_chunk=16),
+    eval_every=0, eval_k=1)
 
 
 def test_distill_stages_run_and_compare(tmp_path):

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import Problem, PromptTemplate
 from r1jax.model import init_params
 from r1jax.rewards import RewardPool, WeightedReward
@@ -35,10 +35,11 @@ def _problems(qs):
     return [Problem(id=f"p{i}-{q}", task="toy", question=q, answer="a") for i, q in enumerate(qs)]
 
 
-def _trainer(tok, reward=share_of_a, pool=None, **kw):
+def _trainer(tok, reward=share_of_a, pool=None, max_new_tokens=8, temperature=1.0, **kw):
     cfg = ModelConfig.tiny(vocab_size=tok.vocab_size)
-    gcfg = GRPOConfig(**{**dict(group_size=8, prompts_per_step=4, max_new_tokens=8, kl_beta=0.0,
-                                logprob_chunk=8), **kw})
+    gcfg = GRPOConfig(**{**dict(group_size=8, prompts_per_step=4, kl_beta=0.0, logprob_chunk=8,
+                                sampling=SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature)),
+                         **kw})
     return GRPOTrainer(cfg, init_params(cfg, jax.random.key(0)), tok, gcfg, OptimizerConfig(learning_rate=3e-3),
                        {"a": WeightedReward(reward, 1.0)}, TEMPLATE, pool=pool)
 

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from r1jax.config import ModelConfig
+from r1jax.config import ModelConfig, SamplingSettings
 from r1jax.model import init_params
 from r1jax.sampling import Sampler
 
@@ -86,6 +86,22 @@ def test_eos_ends_a_row_and_max_length_truncates(params):
             assert len(row) == 10 and bool(out.truncated_B[b])
         else:
             assert row[-1] == eos and row.count(eos) == 1 and not bool(out.truncated_B[b])
+
+
+def test_generate_takes_every_setting_and_the_settings_stop_ids(params, sampler):
+    greedy = sampler.sample(params, PROMPTS, jax.random.key(5), max_new_tokens=10, temperature=0.0)
+    stop = _row(greedy, 0)[2]  # a stop id of the settings, on top of the sampler's eos
+    out = sampler.generate(params, PROMPTS, jax.random.key(5),
+                           settings=SamplingSettings(max_new_tokens=10, temperature=0.0, stop_ids=(stop,)))
+    for b in range(len(PROMPTS)):
+        row = _row(greedy, b)
+        cut = row.index(stop) + 1 if stop in row else len(row)
+        assert _row(out, b) == row[:cut]
+        assert bool(out.truncated_B[b]) == (stop not in row and bool(greedy.truncated_B[b]))
+    # top-k 1 at any temperature is greedy; the settings' budget bounds every row
+    top1 = sampler.generate(params, PROMPTS, jax.random.key(6),
+                            settings=SamplingSettings(max_new_tokens=6, temperature=1.5, top_k=1))
+    assert [_row(top1, b) for b in range(len(PROMPTS))] == [_row(greedy, b)[:6] for b in range(len(PROMPTS))]
 
 
 def test_same_bucket_does_not_compile_again(params):

@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
 from r1jax import sharding
-from r1jax.config import GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig
+from r1jax.config import GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig, SamplingSettings
 from r1jax.data.packing import Example, pack
 from r1jax.model import Transformer, init_cache, init_params
 from r1jax.sampling import Sampler
@@ -24,7 +24,8 @@ MOE = ModelConfig.tiny(vocab_size=48, num_layers=1, moe=MoEConfig(num_experts=4,
                                                                   num_shared_experts=1))
 CONFIGS = {"dense": DENSE, "moe": MOE}
 MESHES = ["8", "2x4", "4x2"]
-GRPO = GRPOConfig(group_size=2, prompts_per_step=4, max_new_tokens=6, logprob_chunk=4, num_minibatches=1)
+GRPO = GRPOConfig(group_size=2, prompts_per_step=4, sampling=SamplingSettings(max_new_tokens=6), logprob_chunk=4,
+                  num_minibatches=1)
 TX = make_optimizer(OptimizerConfig(learning_rate=1e-2))
 
 
@@ -249,7 +250,8 @@ def test_greedy_sampler_tokens_agree_across_meshes(name, spec):
     np.testing.assert_allclose(got["greedy_logps"], want["greedy_logps"], atol=2e-5)
 
 
-@pytest.mark.parametrize("name, spec, kind", [(n, s, "grpo") for n, s in GRPO_CASES] + [(n, s, "sft") for n, s in SFT_CASES])
+@pytest.mark.parametrize("name, spec, kind",
+                         [(n, s, "grpo") for n, s in GRPO_CASES] + [(n, s, "sft") for n, s in SFT_CASES])
 def test_train_step_agrees_across_meshes_and_keeps_its_layout(name, spec, kind):
     got, want = _train_step(name, spec, kind), _train_step(name, "1", kind)
     assert got["kept_layout"]

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from r1jax.config import ROLLOUT_SAMPLERS
+from r1jax.config import ROLLOUT_SAMPLERS, SamplingSettings
 from r1jax.data import Problem
 from r1jax.data.jsonl import DatasetError, json_records
 from r1jax.engine import Engine
@@ -19,7 +19,7 @@ from r1jax.rewards.format import is_well_formed
 
 
 def sample_and_score(phase: Any, ctx: RunContext, problems: Sequence[Problem]):
-    """k samples per problem from the current params with `phase`'s settings, scored in a reward pool.
+    """k samples per problem from the current params with `phase.sampling`, scored in a reward pool.
 
     `phase.rollout` picks the sampler: "static" (r1jax.sampling) or "engine" (r1jax.engine, with
     `phase.rollout_slots` decode slots).
@@ -31,22 +31,20 @@ def sample_and_score(phase: Any, ctx: RunContext, problems: Sequence[Problem]):
     if phase.rollout == "engine":
         sampler = Engine(ctx.model_cfg, pad_id=ctx.tokenizer.pad_id, slots=phase.rollout_slots)
     with RewardPool(2, 10.0) as pool:
-        return evaluate(ctx.params, ctx.model_cfg, ctx.tokenizer, problems, max_new_tokens=phase.max_new_tokens,
-                        template=phase.template, rng=ctx.rng(), k=phase.k, temperature=phase.temperature,
-                        top_p=phase.top_p, pool=pool, sampler=sampler)
+        return evaluate(ctx.params, ctx.model_cfg, ctx.tokenizer, problems, settings=phase.sampling,
+                        template=phase.template, rng=ctx.rng(), k=phase.k, pool=pool, sampler=sampler)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalPhase:
-    """pass@1 over k samples, cons@k and pass@k on `problems(ctx)` (paper protocol: T 0.6, top-p 0.95)."""
+    """pass@1 over k samples, cons@k and pass@k on `problems(ctx)`, sampled with `sampling`
+    (the paper's protocol: `SamplingSettings.for_evaluation(max_new_tokens)`, T 0.6, top-p 0.95)."""
 
     name: str
     problems: Callable[[RunContext], Sequence[Problem]]
     template: Any
-    max_new_tokens: int
+    sampling: SamplingSettings
     k: int = 4
-    temperature: float = 0.6
-    top_p: float = 0.95
     rollout: str = "static"  # or "engine" (sample_and_score)
     rollout_slots: int = 64
 
@@ -84,15 +82,14 @@ def keep_trace(completion: str, correct: bool, *, language: str = "en", min_lang
 @dataclasses.dataclass(frozen=True)
 class RejectionSamplingPhase:
     """Sample k completions per problem from the current policy, keep the correct and clean ones,
-    and write them as a JSONL SFT dataset ({"prompt", "completion", "id"}) in the workdir."""
+    and write them as a JSONL SFT dataset ({"prompt", "completion", "id"}) in the workdir.
+    `sampling`: how the candidates are drawn (the R1 recipe's temperature 0.7)."""
 
     name: str
     problems: Callable[[RunContext], Sequence[Problem]]
     template: Any
-    max_new_tokens: int
+    sampling: SamplingSettings
     k: int = 4
-    temperature: float = 0.7
-    top_p: float = 1.0
     max_per_problem: int = 1
     language: str = "en"
     rollout: str = "static"  # or "engine" (sample_and_score)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from r1jax import sharding
-from r1jax.config import GRPOConfig, OptimizerConfig
+from r1jax.config import GRPOConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import Problem
 from r1jax.data.packing import batches, batches_per_epoch, encode_examples, pack
 from r1jax.metrics import progress, show_metrics
@@ -142,7 +142,11 @@ def problem_stream(problems: Sequence[Problem], seed: int, start: int) -> Callab
 
 @dataclasses.dataclass(frozen=True)
 class RLPhase:
-    """GRPO on `problems(ctx)` with rule-based `rewards` (R1-Zero, R1 reasoning RL)."""
+    """GRPO on `problems(ctx)` with rule-based `rewards` (R1-Zero, R1 reasoning RL).
+
+    Every `eval_every` steps it evaluates on `eval_problems(ctx)` with `eval_sampling` (None: the
+    paper's protocol at the rollouts' max_new_tokens and stop ids, `SamplingSettings.for_evaluation`).
+    """
 
     name: str
     problems: Callable[[RunContext], Sequence[Problem]]
@@ -156,6 +160,7 @@ class RLPhase:
     eval_problems: Callable[[RunContext], Sequence[Problem]] | None = None
     eval_every: int = 0
     eval_k: int = 4
+    eval_sampling: SamplingSettings | None = None
 
     def state_template(self, ctx: RunContext) -> Any:
         p = abstract_params(ctx.model_cfg)
@@ -166,7 +171,8 @@ class RLPhase:
         from r1jax.evaluate import evaluate
 
         result = evaluate(trainer.state.params, ctx.model_cfg, ctx.tokenizer, self.eval_problems(ctx),
-                          max_new_tokens=self.grpo.max_new_tokens, template=self.template,
+                          settings=self.eval_sampling or SamplingSettings.for_evaluation(
+                              self.grpo.sampling.max_new_tokens, self.grpo.sampling.stop_ids), template=self.template,
                           rng=jax.random.fold_in(ctx.rng(step), 1 << 20), k=self.eval_k,
                           sampler=trainer.engine or trainer.sampler,
                           pool=trainer.pool)

@@ -23,7 +23,8 @@ from typing import Any
 
 from r1jax.config import ModelConfig, OptimizerConfig
 from r1jax.data import R1_ZERO
-from r1jax.recipes.r1_zero import R1ZeroConfig, base_corpus, before_after_table, default_rewards, problems
+from r1jax.recipes.r1_zero import (R1ZeroConfig, base_corpus, before_after_table, default_rewards, eval_sampling,
+                                    problems)
 
 STAGES = ("student_base", "teacher_traces", "distilled", "rl_only")
 
@@ -68,11 +69,11 @@ def build(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, Any]:
     train, test = problems(d)
     corpus = base_corpus(d, train)
     student = dataclasses.replace(cfg.student, vocab_size=d.vocab_size)
-    evaluation = dict(template=R1_ZERO, max_new_tokens=d.grpo.max_new_tokens, k=d.eval_k, rollout=d.grpo.rollout)
+    evaluation = dict(template=R1_ZERO, sampling=eval_sampling(d.grpo), k=d.eval_k, rollout=d.grpo.rollout)
     base_dir, traces_dir = os.path.join(workdir, "student_base"), os.path.join(workdir, "teacher_traces")
     traces = RejectionSamplingPhase("traces", lambda ctx: train[:cfg.trace_problems], R1_ZERO,
-                                    max_new_tokens=d.grpo.max_new_tokens, k=cfg.trace_k,
-                                    temperature=cfg.trace_temperature, max_per_problem=cfg.traces_per_problem,
+                                    sampling=dataclasses.replace(d.grpo.sampling, temperature=cfg.trace_temperature),
+                                    k=cfg.trace_k, max_per_problem=cfg.traces_per_problem,
                                     rollout=d.grpo.rollout)
     traces_path = os.path.join(traces_dir, f"{traces.name}.jsonl")
     common = dict(seed=d.seed, checkpoint_every=d.checkpoint_every, **runner_kwargs)

@@ -20,7 +20,7 @@ import random
 
 from r1jax.config import OptimizerConfig
 from r1jax.data import R1_ZERO, worked_solution
-from r1jax.recipes.r1_zero import R1ZeroConfig, base_phases, problems
+from r1jax.recipes.r1_zero import R1ZeroConfig, base_phases, eval_sampling, problems
 
 STAGES = ("base_eval", "cold_start_eval", "reasoning_rl_eval", "sft_eval", "final_eval")
 
@@ -37,6 +37,7 @@ class R1Config:
     rl1_steps: int = 30
     rs_problems: int = 256
     rs_k: int = 4
+    rs_temperature: float = 0.7
     sft2_steps: int = 60
     rl2_steps: int = 20
     rl2_temperature: float = 0.7
@@ -60,9 +61,10 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
             for p in train[:cfg.cold_start_examples]]
     reasoning = {"accuracy": WeightedReward(accuracy_reward, 1.0), "format": WeightedReward(format_reward, 1.0),
                  "language": WeightedReward(language_reward, cfg.language_weight)}
-    ev = dict(template=R1_ZERO, max_new_tokens=b.grpo.max_new_tokens, k=b.eval_k, rollout=b.grpo.rollout)
+    ev = dict(template=R1_ZERO, sampling=eval_sampling(b.grpo), k=b.eval_k, rollout=b.grpo.rollout)
     rs = RejectionSamplingPhase("rejection_sampling", lambda ctx: train[:cfg.rs_problems], R1_ZERO,
-                                max_new_tokens=b.grpo.max_new_tokens, k=cfg.rs_k, rollout=b.grpo.rollout)
+                                sampling=dataclasses.replace(b.grpo.sampling, temperature=cfg.rs_temperature),
+                                k=cfg.rs_k, rollout=b.grpo.rollout)
     sft = dict(batch_size=b.pretrain_batch, seq_len=b.seq_len, optimizer=cfg.cold_start_optimizer)
     if cfg.sft_from_base:
         phases.append(SnapshotPhase("base"))
@@ -78,7 +80,9 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
         SFTPhase("sft", lambda ctx: read_sft_jsonl(rs.output_path(ctx)), steps=cfg.sft2_steps, **sft),
         EvalPhase("sft_eval", lambda ctx: test, **ev),
         RLPhase("all_rl", lambda ctx: train, reasoning, R1_ZERO, steps=cfg.rl2_steps,
-                grpo=dataclasses.replace(b.grpo, temperature=cfg.rl2_temperature), optimizer=b.rl_optimizer),
+                grpo=dataclasses.replace(b.grpo, sampling=dataclasses.replace(b.grpo.sampling,
+                                                                              temperature=cfg.rl2_temperature)),
+                optimizer=b.rl_optimizer),
         EvalPhase("final_eval", lambda ctx: test, **ev),
     ]
     return Runner(workdir, model_cfg, phases, seed=b.seed, checkpoint_every=b.checkpoint_every, **runner_kwargs)

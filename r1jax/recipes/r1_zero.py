@@ -19,7 +19,7 @@ import os
 import random
 from typing import Any
 
-from r1jax.config import Execution, GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig
+from r1jax.config import Execution, GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import R1_ZERO, ArithmeticConfig, generate_arithmetic, load_jsonl, worked_solution
 
 
@@ -47,7 +47,8 @@ class R1ZeroConfig:
     pretrain_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, warmup_steps=30, decay_steps=470,
                                                           weight_decay=0.01)
     rl_steps: int = 40
-    grpo: GRPOConfig = GRPOConfig(group_size=8, prompts_per_step=16, max_new_tokens=96, num_minibatches=2,
+    grpo: GRPOConfig = GRPOConfig(group_size=8, prompts_per_step=16, sampling=SamplingSettings(max_new_tokens=96),
+                                  num_minibatches=2,
                                   kl_beta=0.0, logprob_chunk=96)
     rl_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-5)
     eval_every: int = 20
@@ -66,8 +67,8 @@ def _real(max_new_tokens: int) -> R1ZeroConfig:
     return R1ZeroConfig(
         pretrain_steps=0, rl_steps=1000, eval_every=100, eval_k=16, checkpoint_every=50,
         init=Execution(param_dtype="float32", dtype="bfloat16", remat="full", scan_layers=True),
-        grpo=GRPOConfig(group_size=16, prompts_per_step=32, max_new_tokens=max_new_tokens, num_minibatches=8,
-                        kl_beta=0.001, logprob_chunk=512),
+        grpo=GRPOConfig(group_size=16, prompts_per_step=32, sampling=SamplingSettings(max_new_tokens=max_new_tokens),
+                        num_minibatches=8, kl_beta=0.001, logprob_chunk=512),
         rl_optimizer=OptimizerConfig(learning_rate=3e-6, warmup_steps=10, weight_decay=0.1))
 
 
@@ -148,13 +149,18 @@ def default_rewards() -> dict[str, Any]:
     return {"accuracy": WeightedReward(accuracy_reward, 1.0), "format": WeightedReward(format_reward, 1.0)}
 
 
+def eval_sampling(grpo: GRPOConfig) -> SamplingSettings:
+    """The recipes' evaluations: the paper's protocol with the rollouts' token budget and stop ids."""
+    return SamplingSettings.for_evaluation(grpo.sampling.max_new_tokens, grpo.sampling.stop_ids)
+
+
 def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None, **runner_kwargs):
     """The R1-Zero Runner: base → base_eval → rl → final_eval; `rewards` swaps the reward functions."""
     from r1jax.phases import EvalPhase, RLPhase, Runner
 
     train, test = problems(cfg)
     model_cfg, phases = base_phases(cfg, train)
-    evaluation = dict(template=R1_ZERO, max_new_tokens=cfg.grpo.max_new_tokens, k=cfg.eval_k, rollout=cfg.grpo.rollout)
+    evaluation = dict(template=R1_ZERO, sampling=eval_sampling(cfg.grpo), k=cfg.eval_k, rollout=cfg.grpo.rollout)
     phases += [
         EvalPhase("base_eval", lambda ctx: test, **evaluation),
         RLPhase("rl", lambda ctx: train, rewards or default_rewards(), R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,

@@ -25,11 +25,11 @@ from jax.sharding import Mesh
 from r1jax import sharding
 from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
 from r1jax.data import Problem
-from r1jax.engine import Engine, SamplingSettings
+from r1jax.engine import Engine
 from r1jax.rewards import RewardPool, WeightedReward, combine_rewards
 from r1jax.rl.grpo import group_advantages
-from r1jax.sampling import Sampler
-from r1jax.tokenizer import Tokenizer
+from r1jax.sampling import Sampler, left_pad
+from r1jax.tokenizer import Tokenizer, tokenizer_stop_ids
 from r1jax.train.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn
 from r1jax.train.optim import TrainState, init_train_state, learning_rate_schedule, make_optimizer
 
@@ -85,7 +85,8 @@ class GRPOTrainer:
         self.cfg, self.tok, self.rewards, self.template, self.pool = cfg, tokenizer, rewards, template, pool
         self.add_bos = add_bos
         self.sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                               prompt_bucket=prompt_bucket, stop_ids=getattr(tokenizer, "stop_ids", ()))
+                               prompt_bucket=prompt_bucket)
+        self.settings = cfg.sampling.with_stop_ids(tokenizer_stop_ids(tokenizer))  # every rollout's
         self.engine = None
         if cfg.rollout == "engine":
             self.engine = Engine(model_cfg, pad_id=tokenizer.pad_id, page_size=cfg.page_size,
@@ -120,14 +121,8 @@ class GRPOTrainer:
         cfg, g = self.cfg, self.cfg.group_size
         prompts = [self.template.render(p.question) for p in problems]
         prompt_ids = [self.tok.encode(t, add_bos=self.add_bos) for t in prompts]
-        if self.engine is not None:
-            settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                        top_p=cfg.top_p, stop_ids=self.tok.stop_ids)
-            out = self.engine.generate(self.state.params, prompt_ids, rng, group_size=g, settings=settings)
-        else:
-            out = self.sampler.sample(self.state.params, prompt_ids, rng, group_size=g,
-                                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                      top_p=cfg.top_p)
+        out = (self.engine or self.sampler).generate(self.state.params, prompt_ids, rng, group_size=g,
+                                                     settings=self.settings)
         completion_BxT, logps_BxT, lengths_B, truncated_B = sharding.to_host(
             (out.tokens_BxT, out.logps_BxT, out.lengths_B, out.truncated_B))
         texts = [self.tok.decode(row[:n]) for row, n in zip(completion_BxT, lengths_B)]
@@ -140,7 +135,7 @@ class GRPOTrainer:
                                  **{k: rows(v) for k, v in columns.items()})
         rewards_B = np.asarray(scored.total, np.float64)
         if cfg.overlong == "soft":
-            rewards_B = rewards_B + overlong_penalty(lengths_B, cfg.max_new_tokens, cfg.overlong_buffer,
+            rewards_B = rewards_B + overlong_penalty(lengths_B, cfg.sampling.max_new_tokens, cfg.overlong_buffer,
                                                      cfg.overlong_penalty)
         failures = {k: scored.errors[k] + scored.timeouts[k] for k in scored.errors}
         return Rollout(list(problems), prompt_ids, completion_BxT, logps_BxT, lengths_B, truncated_B, texts,
@@ -169,11 +164,8 @@ class GRPOTrainer:
 
     def _batch(self, r: Rollout) -> GRPOBatch:
         """The update's batch as host (numpy) arrays; ref_logps are zeros until computed."""
-        g, bucket = self.cfg.group_size, self.sampler.prompt_bucket
-        width = -(-max(len(p) for p in r.prompt_ids) // bucket) * bucket
-        prompt_PxL = np.full((len(r.prompt_ids), width), self.tok.pad_id, np.int32)
-        for i, ids in enumerate(r.prompt_ids):
-            prompt_PxL[i, width - len(ids):] = ids
+        g = self.cfg.group_size
+        prompt_PxL, prompt_mask_PxL = left_pad(r.prompt_ids, self.tok.pad_id, self.sampler.prompt_bucket)
         completion_mask_BxT = np.arange(r.completion_BxT.shape[1])[None] < r.lengths_B[:, None]
         loss_mask_BxT = completion_mask_BxT.astype(np.float32)
         if self.cfg.overlong == "mask":
@@ -181,7 +173,7 @@ class GRPOTrainer:
         adv_B = np.asarray(group_advantages(jnp.asarray(r.rewards_B.reshape(-1, g)), self.cfg.advantage)).reshape(-1)
         return GRPOBatch(
             prompt_BxP=np.repeat(prompt_PxL, g, axis=0),
-            prompt_mask_BxP=np.repeat(prompt_PxL != self.tok.pad_id, g, axis=0),
+            prompt_mask_BxP=np.repeat(prompt_mask_PxL, g, axis=0),
             completion_BxT=np.asarray(r.completion_BxT), completion_mask_BxT=completion_mask_BxT,
             loss_mask_BxT=np.asarray(loss_mask_BxT, np.float32), old_logps_BxT=np.asarray(r.logps_BxT),
             ref_logps_BxT=np.zeros(r.logps_BxT.shape, np.float32), advantages_B=np.asarray(adv_B, np.float32))

@@ -88,7 +88,7 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
             logp_BxT, mb.old_logps_BxT, mb.ref_logps_BxT if cfg.kl_beta else None, mb.advantages_B,
             mb.loss_mask_BxT, eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
             kl_beta=cfg.kl_beta, kl_estimator=cfg.kl_estimator, aggregation=cfg.aggregation,
-            max_len=cfg.max_new_tokens)
+            max_len=cfg.sampling.max_new_tokens)
         metrics["entropy"] = aggregate(jax.lax.stop_gradient(ent_BxT), mb.loss_mask_BxT, "token-mean")
         if "expert_load" in stats:  # MoE: balance losses join the objective, loads feed the bias update
             loss = loss + aux

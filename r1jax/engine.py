@@ -39,8 +39,25 @@ import numpy as np
 
 from r1jax.config import ModelConfig, SamplingSettings
 from r1jax.model import PagedCache, Transformer, init_paged_cache, map_pages
+from r1jax.model.layers import constrain
 from r1jax.sampling import SampleOutput, _per_row
+from r1jax.sharding import to_host
 from r1jax.sampling_ops import choose_tokens
+
+
+_SLOT_FIELDS = ("logits_SxV", "keys_S", "count_S", "budget_S", "live_S", "stopped_S", "temperature_S", "top_p_S",
+                "top_k_S", "tokens_SxT", "logps_SxT")
+
+
+def slots_over_data(state: EngineState) -> EngineState:
+    """Every per-slot array (and the page tables) split over the current mesh's data-like axes, as
+    batch rows are; a no-op without a mesh. The page pool keeps the layout XLA gives it (replicated
+    over the data axes: any slot may read any page)."""
+    def by_slot(x):
+        return constrain(x, "batch", *(None,) * (x.ndim - 1))
+
+    cache = state.cache.replace(pages_BxM=by_slot(state.cache.pages_BxM), lengths_B=by_slot(state.cache.lengths_B))
+    return state.replace(cache=cache, **{name: by_slot(getattr(state, name)) for name in _SLOT_FIELDS})
 
 
 @flax.struct.dataclass
@@ -134,6 +151,7 @@ class Engine:
         self.decode_steps, self.refill_at, self.cache_dtype = decode_steps, min(refill_at, slots), cache_dtype
         self.model = Transformer(cfg)
         self.pool: PagePool | None = None  # the last call's accounting (tests read it)
+        self._init = jax.jit(lambda *shape: slots_over_data(self._init_state(*shape)), static_argnums=(0, 1, 2))
         self._prefill = jax.jit(self._prefill_impl, donate_argnames=("state",))
         self._admit = jax.jit(self._admit_impl, donate_argnames=("state",))
         self._decode = jax.jit(self._decode_impl, static_argnames=("stop_ids",), donate_argnames=("state",))
@@ -160,8 +178,9 @@ class Engine:
         last_R = jnp.maximum(jnp.sum(mask_RxC, axis=1, dtype=jnp.int32) - 1, 0)
         hidden_Rx1xE = jnp.take_along_axis(hidden_RxCxE, last_R[:, None, None], axis=1)
         logits_RxV = self.model.apply({"params": params}, hidden_Rx1xE, method="logits")[:, 0]
-        return state.replace(cache=state.cache.replace(layers=rows.layers),
-                             prompt_logits_QxV=state.prompt_logits_QxV.at[table_R].set(logits_RxV, mode="drop"))
+        return slots_over_data(state.replace(
+            cache=state.cache.replace(layers=rows.layers),
+            prompt_logits_QxV=state.prompt_logits_QxV.at[table_R].set(logits_RxV, mode="drop")))
 
     def _admit_impl(self, state: EngineState, rng, slot_A, prompt_A, digest_A, sample_A, budget_A, temperature_A,
                     top_p_A, top_k_A, pages_AxM, lengths_A, copy_from_A, copy_to_A) -> EngineState:
@@ -181,14 +200,14 @@ class Engine:
         cache = map_pages(state.cache, copy_pages)
         cache = cache.replace(pages_BxM=put(cache.pages_BxM, pages_AxM), lengths_B=put(cache.lengths_B, lengths_A))
         a = slot_A.shape[0]
-        return state.replace(
+        return slots_over_data(state.replace(
             cache=cache, logits_SxV=put(state.logits_SxV, logits_AxV), keys_S=put(state.keys_S, keys_A),
             count_S=put(state.count_S, jnp.zeros((a,), jnp.int32)), budget_S=put(state.budget_S, budget_A),
             live_S=put(state.live_S, budget_A > 0), stopped_S=put(state.stopped_S, jnp.zeros((a,), bool)),
             temperature_S=put(state.temperature_S, temperature_A), top_p_S=put(state.top_p_S, top_p_A),
             top_k_S=put(state.top_k_S, top_k_A),
             tokens_SxT=put(state.tokens_SxT, jnp.full((a, state.tokens_SxT.shape[1]), self.pad_id, jnp.int32)),
-            logps_SxT=put(state.logps_SxT, jnp.zeros((a, state.logps_SxT.shape[1]), jnp.float32)))
+            logps_SxT=put(state.logps_SxT, jnp.zeros((a, state.logps_SxT.shape[1]), jnp.float32))))
 
     def _advance(self, params, state: EngineState, stop_ids: tuple[int, ...]) -> EngineState:
         """Each live slot chooses its next token with its own key, records it, and runs the model on it."""
@@ -206,9 +225,9 @@ class Engine:
         count_S = state.count_S + live_S.astype(jnp.int32)
         stop_S = jnp.isin(token_S, jnp.asarray(stop_ids, jnp.int32)) if stop_ids else jnp.zeros_like(live_S)
         ended_S = live_S & (stop_S | (count_S >= state.budget_S))
-        return state.replace(cache=cache, logits_SxV=logits_SxV, count_S=count_S, live_S=live_S & ~ended_S,
-                             stopped_S=state.stopped_S | (live_S & stop_S), tokens_SxT=tokens_SxT,
-                             logps_SxT=logps_SxT)
+        return slots_over_data(state.replace(
+            cache=cache, logits_SxV=logits_SxV, count_S=count_S, live_S=live_S & ~ended_S,
+            stopped_S=state.stopped_S | (live_S & stop_S), tokens_SxT=tokens_SxT, logps_SxT=logps_SxT))
 
     def _decode_impl(self, params, state: EngineState, pages_SxM, return_on_end, *,
                      stop_ids: tuple[int, ...]) -> EngineState:
@@ -261,7 +280,7 @@ class Engine:
                              f"{t_max} new ones needs {worst} pages of {size} slots (plus the null page)")
         pool = self.pool = PagePool(num_pages)
         self._free_rows = list(range(self.slots + 1))  # rows of EngineState.prompt_logits_QxV
-        state = self._init_state(num_pages, max_pages, t_max)
+        state = self._init(num_pages, max_pages, t_max)
         pages_SxM = np.zeros((self.slots, max_pages), np.int32)
         slot_pages: list[list[int]] = [[] for _ in range(self.slots)]
         slot_row = [-1] * self.slots
@@ -278,11 +297,11 @@ class Engine:
                                         slot_pages, slot_row, live, budget_B, temperature_B, top_p_B, top_k_B)
             state = self._decode(params, state, jnp.asarray(pages_SxM), jnp.asarray(bool(waiting)),
                                  stop_ids=settings.stop_ids)
-            now_live = np.array(state.live_S)
+            now_live = np.array(to_host(state.live_S))  # the same on every process: their host loops agree
             ended = np.flatnonzero(live & ~now_live)
             if ended.size:
                 idx = jnp.asarray(ended)
-                tokens, logps, counts, stopped = jax.device_get(
+                tokens, logps, counts, stopped = to_host(
                     (state.tokens_SxT[idx], state.logps_SxT[idx], state.count_S[idx], state.stopped_S[idx]))
                 for i, s in enumerate(ended):
                     row = slot_row[s]

@@ -3,9 +3,11 @@
     JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES=4 R1JAX_COORDINATOR=127.0.0.1:PORT R1JAX_NUM_PROCESSES=2 \
         R1JAX_PROCESS_ID=i python tests/distributed_worker.py OUT_DIR
 
-The processes run one SFT step on an MoE model (`run`), then two GRPO steps on a dense one
-(`run_grpo`, with OUT_DIR/tokenizer.model); one launch for both keeps the test's time down.
+The processes run one SFT step on an MoE model (`run`), then two GRPO steps on a dense one and a
+rollout of the result through the engine (`run_grpo`, with OUT_DIR/tokenizer.model); one launch
+for all keeps the test's time down.
 """
+import dataclasses
 import functools
 import json
 import os
@@ -90,7 +92,15 @@ def run_grpo(tokenizer_path: str, mesh_spec: str = GRPO_MESH, steps: int = 2) ->
             m = trainer.step(problems, jax.random.fold_in(jax.random.key(1), step))
             out |= {f"{k}_{step}": m[k] for k in ("reward/mean", "completion/length_mean", "kl", "grad_norm")}
         host = sharding.to_host(trainer.state.params)
+        # the trained policy's rollouts through the engine (slots over the data axes, host-side pages)
+        paged = GRPOTrainer(cfg, host, tok, dataclasses.replace(gcfg, rollout="engine", rollout_slots=8, page_size=4),
+                            OptimizerConfig(learning_rate=3e-3), {"a": WeightedReward(share_of_a, 1.0)},
+                            PromptTemplate("toy", "Say: {prompt}"), mesh=mesh)
+        r = paged.rollout(problems, jax.random.key(2))
     out["param_abs_sum"] = float(sum(np.abs(x).sum() for x in jax.tree.leaves(host)))
+    out |= {"engine_reward_sum": float(r.rewards_B.sum()), "engine_length_sum": float(r.lengths_B.sum()),
+            "engine_token_sum": float(np.asarray(r.completion_BxT).sum()),
+            "engine_logp_sum": float(np.asarray(r.logps_BxT).sum())}
     return out
 
 

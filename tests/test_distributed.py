@@ -58,8 +58,9 @@ def _launch_two(tmp_path, reference):
 
 
 def test_two_processes_of_four_devices_train_like_one_process_of_eight(tmp_path):
-    """An expert-parallel SFT step (loss, gradient norm, MoE aux loss) and two GRPO steps (rollouts,
-    rewards, sharded updates) give the same numbers in 2 processes × 4 devices as in 1 × 8."""
+    """An expert-parallel SFT step (loss, gradient norm, MoE aux loss), two GRPO steps (rollouts,
+    rewards, sharded updates) and an engine rollout give the same numbers in 2 processes × 4
+    devices as in 1 × 8."""
     import random
 
     from r1jax.tokenizer import Tokenizer
@@ -77,6 +78,7 @@ def test_two_processes_of_four_devices_train_like_one_process_of_eight(tmp_path)
         np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-4, err_msg=str(got))
     assert want["loss_after"] < want["forward_loss"]  # the SFT step did something
     assert want["grad_norm_0"] > 0 and want["kl_1"] > 0  # the first update moved the policy away from the reference
+    assert want["engine_length_sum"] > 0 and "engine_logp_sum" in want
 
 
 def _tails(paths) -> str:

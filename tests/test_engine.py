@@ -159,6 +159,11 @@ def test_runs_under_a_mesh_with_the_same_tokens(params):
     mesh = sharding.make_mesh("2x4")
     with sharding.use_mesh(mesh):
         placed = sharding.shard_params(params, mesh, CFG)
-        got = _rows(_engine(slots=4).generate(placed, PROMPTS[:3], jax.random.key(0), group_size=2,
-                                              settings=settings))
+        engine = _engine(slots=4)
+        got = _rows(engine.generate(placed, PROMPTS[:3], jax.random.key(0), group_size=2, settings=settings))
+        state = engine._init(9, 3, 5)  # (pages, pages per row, new tokens): the layout every call starts from
     assert got == want
+    for x in (state.tokens_SxT, state.live_S, state.cache.pages_BxM):  # slots split over the data axes
+        assert x.sharding.shard_shape(x.shape)[0] < x.shape[0], x.sharding
+    pool = jax.tree.leaves(state.cache.layers)[0]
+    assert pool.sharding.shard_shape(pool.shape)[0] == pool.shape[0]  # every device holds every page

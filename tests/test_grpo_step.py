@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
@@ -138,6 +139,29 @@ def test_grad_accumulation_equals_one_big_batch(params):
     # gradients agree to ~1e-8; Adam's first step lr·g/(|g|+eps) magnifies that on entries with |g| ~ eps
     for a, c in zip(jax.tree.leaves(st1.params), jax.tree.leaves(st2.params)):
         np.testing.assert_allclose(a, c, atol=3e-6)
+
+
+@pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
+def test_every_aggregation_gives_the_minibatch_gradient_whatever_the_accumulation(params, aggregation):
+    """grad_accum 1 ≡ 2 ≡ 4 in the gradient itself (plain SGD, lr 1: the update is −g), with
+    micro-batches holding very different numbers of tokens; and ≡ the loss of the whole batch."""
+    b = _batch(params, rows=8, length=6, seed=3)
+    lengths = np.asarray(b.loss_mask_BxT.sum(axis=1))
+    dealt = [lengths[i::4].sum() for i in range(4)]
+    assert max(dealt) > 1.5 * min(dealt), dealt  # token-mean per micro-batch would weigh them unevenly
+    tx = optax.sgd(1.0)
+    moved = []
+    for accum in (1, 2, 4):
+        gcfg = GRPOConfig(group_size=2, prompts_per_step=4, sampling=SamplingSettings(max_new_tokens=6),
+                          logprob_chunk=4, grad_accum=accum, aggregation=aggregation, kl_beta=0.04)
+        state, m = make_grpo_step(MODEL, tx, gcfg)(init_train_state(jax.tree.map(jnp.copy, params), tx), b)
+        moved.append(jax.tree.map(lambda new, old: np.asarray(old - new), state.params, params))
+        want = _grpo_loss(params, b, kl_beta=0.04, aggregation=aggregation)
+        np.testing.assert_allclose(float(m["loss"]), float(want), rtol=1e-5, err_msg=f"grad_accum={accum}")
+    for other in moved[1:]:
+        for g1, g in zip(jax.tree.leaves(moved[0]), jax.tree.leaves(other)):
+            np.testing.assert_allclose(g, g1, rtol=1e-4, atol=1e-7)
+    assert max(float(np.abs(g).max()) for g in jax.tree.leaves(moved[0])) > 1e-4  # the gradient is not zero
 
 
 def test_non_finite_loss_skips_the_update(params):

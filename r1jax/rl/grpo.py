@@ -93,13 +93,16 @@ def clipped_policy_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array, advantages
 
 
 def aggregate(values_BxT: jax.Array, mask_BxT: jax.Array, mode: Aggregation = "seq-mean-token-mean",
-              max_len: int | None = None) -> jax.Array:
+              max_len: int | None = None, token_count: jax.Array | None = None) -> jax.Array:
     """Reduce per-token values to a scalar over the real (mask=1) tokens.
 
     "seq-mean-token-mean": mean over sequences of each one's token mean (R1 Eq. 1);
     "token-mean": mean over every token of the batch (DAPO);
     "seq-mean-token-sum-norm": token sums divided by B·max_len, a constant (Dr. GRPO);
-    max_len defaults to T.
+    max_len defaults to T. `token_count` replaces the token-mean's denominator (default: this
+    batch's real tokens): a micro-batch of a minibatch passes the minibatch's count divided by the
+    number of micro-batches, so the average of the micro-batches' values is the minibatch's token
+    mean whatever each holds (the other two modes average exactly as they are).
     """
     mask_BxT = mask_BxT.astype(jnp.float32)
     masked_BxT = values_BxT.astype(jnp.float32) * mask_BxT
@@ -107,7 +110,8 @@ def aggregate(values_BxT: jax.Array, mask_BxT: jax.Array, mode: Aggregation = "s
         per_seq_B = masked_BxT.sum(axis=1) / jnp.maximum(mask_BxT.sum(axis=1), 1.0)
         return per_seq_B.mean()
     if mode == "token-mean":
-        return masked_BxT.sum() / jnp.maximum(mask_BxT.sum(), 1.0)
+        count = jnp.maximum(mask_BxT.sum(), 1.0) if token_count is None else token_count
+        return masked_BxT.sum() / count
     if mode == "seq-mean-token-sum-norm":
         length = values_BxT.shape[1] if max_len is None else max_len
         return masked_BxT.sum() / (values_BxT.shape[0] * length)
@@ -124,18 +128,26 @@ def grpo_objective(logp_BxT: jax.Array, old_logp_BxT: jax.Array, ref_logp_BxT: j
                    advantages_B: jax.Array, mask_BxT: jax.Array, *, eps_low: float = 0.2,
                    eps_high: float = 0.2, dual_clip: float | None = None, kl_beta: float = 0.001,
                    kl_estimator: KLEstimator = "k3", aggregation: Aggregation = "seq-mean-token-mean",
-                   max_len: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The GRPO loss (negated R1 Eq. 1): clipped surrogate + β·KL, aggregated; with metrics."""
+                   max_len: int | None = None, token_count: jax.Array | None = None
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The GRPO loss (negated R1 Eq. 1): clipped surrogate + β·KL, aggregated; with metrics.
+
+    `token_count`: every token mean's denominator (see `aggregate`), for a micro-batch of a minibatch.
+    """
     pg_BxT, info = clipped_policy_loss(logp_BxT, old_logp_BxT, advantages_B, eps_low, eps_high,
                                        dual_clip)
-    metrics = {"pg_loss": aggregate(pg_BxT, mask_BxT, aggregation, max_len)}
+
+    def token_mean(x_BxT):
+        return aggregate(x_BxT, mask_BxT, "token-mean", token_count=token_count)
+
+    metrics = {"pg_loss": aggregate(pg_BxT, mask_BxT, aggregation, max_len, token_count)}
     loss_BxT = pg_BxT
     if ref_logp_BxT is not None and kl_beta:
         kl_BxT = kl_penalty(logp_BxT, ref_logp_BxT, kl_estimator)
         loss_BxT = loss_BxT + kl_beta * kl_BxT
-        metrics["kl"] = aggregate(kl_BxT, mask_BxT, "token-mean")
+        metrics["kl"] = token_mean(kl_BxT)
     for name in ("clip_low", "clip_high", "clip_dual"):
         if name in info:
-            metrics[f"{name}_frac"] = aggregate(info[name], mask_BxT, "token-mean")
-    metrics["ratio_mean"] = aggregate(info["ratio"], mask_BxT, "token-mean")
-    return aggregate(loss_BxT, mask_BxT, aggregation, max_len), metrics
+            metrics[f"{name}_frac"] = token_mean(info[name])
+    metrics["ratio_mean"] = token_mean(info["ratio"])
+    return aggregate(loss_BxT, mask_BxT, aggregation, max_len, token_count), metrics

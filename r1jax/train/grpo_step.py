@@ -80,7 +80,7 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
     (the place for state outside the gradient, such as the MoE balancing bias); `state_sharding`
     (r1jax.sharding.tree_shardings of the state) pins the new state's layout to the old one's."""
 
-    def loss_fn(params, mb: GRPOBatch):
+    def loss_fn(params, mb: GRPOBatch, token_count: jax.Array):
         logp_BxT, ent_BxT, aux, stats = completion_logps_aux(
             model, params, mb.prompt_BxP, mb.prompt_mask_BxP, mb.completion_BxT, mb.completion_mask_BxT,
             cfg.logprob_chunk, with_entropy=True)
@@ -88,8 +88,9 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
             logp_BxT, mb.old_logps_BxT, mb.ref_logps_BxT if cfg.kl_beta else None, mb.advantages_B,
             mb.loss_mask_BxT, eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
             kl_beta=cfg.kl_beta, kl_estimator=cfg.kl_estimator, aggregation=cfg.aggregation,
-            max_len=cfg.sampling.max_new_tokens)
-        metrics["entropy"] = aggregate(jax.lax.stop_gradient(ent_BxT), mb.loss_mask_BxT, "token-mean")
+            max_len=cfg.sampling.max_new_tokens, token_count=token_count)
+        metrics["entropy"] = aggregate(jax.lax.stop_gradient(ent_BxT), mb.loss_mask_BxT, "token-mean",
+                                       token_count=token_count)
         if "expert_load" in stats:  # MoE: balance losses join the objective, loads feed the bias update
             loss = loss + aux
             metrics["moe/aux_loss"] = aux
@@ -100,11 +101,15 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def minibatch_grads(params, mb: GRPOBatch):
+        # token means over the whole minibatch: each micro-batch divides by its share of the
+        # minibatch's tokens, so micro-batches with few tokens are not up-weighted (DAPO)
+        token_count = jnp.maximum(mb.loss_mask_BxT.astype(jnp.float32).sum(), 1.0) / cfg.grad_accum
+
         def accumulate(carry, i):
             return jax.tree.map(jnp.add, carry, grads_and_metrics(i)), None
 
         def grads_and_metrics(i):
-            (_, metrics), grads = grad_fn(params, _deal(mb, i, cfg.grad_accum))
+            (_, metrics), grads = grad_fn(params, _deal(mb, i, cfg.grad_accum), token_count)
             return grads, metrics
 
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grads_and_metrics, 0))

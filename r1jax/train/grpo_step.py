@@ -127,7 +127,8 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
             mb = _deal(batch, k % cfg.num_minibatches, cfg.num_minibatches)
             grads, metrics = minibatch_grads(state.params, mb)
             state, opt_metrics = apply_gradients(state, grads, metrics["loss"], tx)
-            params, metrics = balance_experts(model, state.params, {**metrics, **opt_metrics})
+            params, metrics = balance_experts(model, state.params, {**metrics, **opt_metrics},
+                                              applied=opt_metrics["finite"] > 0)
             state = state.replace(params=params)
             if post_update is not None:
                 state = post_update(state, metrics)

@@ -117,18 +117,23 @@ def hidden_with_aux(model: Transformer, params, tokens_BxL: jax.Array, positions
     return hidden_BxLxE, aux, stats
 
 
-def balance_experts(model: Transformer, params, metrics: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
+def balance_experts(model: Transformer, params, metrics: dict[str, jax.Array],
+                    applied: jax.Array | bool = True) -> tuple[Any, dict[str, jax.Array]]:
     """After an update: the auxiliary-loss-free bias step (DeepSeek-V3 §2.1.2) and a load-imbalance metric.
 
-    Takes `moe/expert_load` out of `metrics` (summed over the batch) and adds
-    `moe/load_imbalance` = mean over layers of max load / mean load − 1.
+    Takes `moe/expert_load` out of `metrics` (summed over the batch the update saw) and adds
+    `moe/load_imbalance` = mean over layers of max load / mean load − 1. The bias moves by γ once
+    per optimizer update, and not at all when `applied` is false (an update skipped for a
+    non-finite loss or gradient leaves every parameter as it was, the bias included).
     """
     metrics = dict(metrics)
     load_LxX = metrics.pop("moe/expert_load", None)
     if load_LxX is None:
         return params, metrics
     metrics["moe/load_imbalance"] = jnp.mean(load_LxX.max(axis=1) / jnp.maximum(load_LxX.mean(axis=1), 1e-9) - 1)
-    return update_router_bias(params, load_LxX, model.cfg.moe.bias_update_rate), metrics
+    moved = update_router_bias(params, load_LxX, model.cfg.moe.bias_update_rate)
+    applied = jnp.asarray(applied, bool)  # a select, not γ·0: a skipped update's loads may be NaN
+    return jax.tree.map(lambda new, old: jnp.where(applied, new, old), moved, params), metrics
 
 
 def completion_logps_aux(model: Transformer, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,

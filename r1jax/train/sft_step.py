@@ -124,7 +124,7 @@ def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int
                                             zeros, jnp.arange(grad_accum))
         metrics = {k: v / total for k, v in sums.items()}
         state, opt_metrics = apply_gradients(state, grads, metrics["loss"], tx)
-        params, metrics = balance_experts(model, state.params, metrics)
+        params, metrics = balance_experts(model, state.params, metrics, applied=opt_metrics["finite"] > 0)
         state = state.replace(params=params)
         metrics = {**metrics, **opt_metrics, "skipped": 1.0 - opt_metrics["finite"], "tokens": tokens,
                    "input_tokens": (batch.segment_ids_BxL != 0).sum().astype(jnp.float32)}

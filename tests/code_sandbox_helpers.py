@@ -29,7 +29,7 @@ def _need(level):
         pytest.skip(f"isolation level {level!r} is not available here: {e}")
 
 
-def _sandbox_pids():
+def _all_sandbox_pids():
     """Live processes running the sandbox script (every sandbox process is a fork of it)."""
     pids = []
     for name in os.listdir("/proc"):
@@ -40,6 +40,37 @@ def _sandbox_pids():
         except OSError:
             continue
     return pids
+
+
+def _parent(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _ancestry(pid):
+    """`pid` and its ancestors up to (not including) pid 1."""
+    chain = []
+    while pid > 1 and pid not in chain:
+        chain.append(pid)
+        pid = _parent(pid)
+    return chain
+
+
+def _sandbox_pids():
+    """The sandbox processes this test process answers for: those it (or its reward-pool workers)
+    started, and orphans, whoever started them (a leak either way). Another xdist worker's running
+    sandboxes are not counted: they are its tests' business."""
+    sandboxes, me, mine = set(_all_sandbox_pids()), os.getpid(), []
+    for pid in sandboxes:
+        first = _parent(pid)
+        while first in sandboxes:  # up to the first ancestor that is not a sandbox process
+            first = _parent(first)
+        if first <= 1 or me in _ancestry(first):
+            mine.append(pid)
+    return mine
 
 
 def _uid_of(pid):
@@ -68,7 +99,15 @@ def _zombie_children():
 
 
 def _temp_dirs():
-    return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith(TEMP_PREFIX)}
+    """Sandbox temp dirs this test process answers for: made by it or its reward-pool workers, or
+    left by a process that is gone; not those of another xdist worker's running sandboxes."""
+    me, dirs = os.getpid(), set()
+    for d in os.listdir(tempfile.gettempdir()):
+        owner = d[len(TEMP_PREFIX):].partition("-")[0]
+        if d.startswith(TEMP_PREFIX) and (not owner.isdigit() or not os.path.exists(f"/proc/{owner}")
+                                          or me in _ancestry(int(owner))):
+            dirs.add(d)
+    return dirs
 
 
 _zombies_before = set()

@@ -448,6 +448,8 @@ class GRPOConfig:
         c(self.kl_beta >= 0, f"kl_beta={self.kl_beta} must be >= 0")
         c(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator={self.kl_estimator!r} must be one of {KL_ESTIMATORS}")
         c(self.advantage in ADVANTAGE_MODES, f"advantage={self.advantage!r} must be one of {ADVANTAGE_MODES}")
+        c(self.advantage != "rloo" or self.group_size >= 2,
+          f"advantage='rloo' needs group_size >= 2 (leave-one-out), got group_size={self.group_size}")
         c(self.aggregation in AGGREGATIONS, f"aggregation={self.aggregation!r} must be one of {AGGREGATIONS}")
         c(self.ref_refresh_every is None or self.ref_refresh_every >= 1,
           f"ref_refresh_every={self.ref_refresh_every} must be >= 1 or None")

@@ -16,9 +16,27 @@ def test_equal_rewards_give_zero_advantage_not_nan():
     for mode in grpo.ADVANTAGE_MODES:
         adv = grpo.group_advantages(jnp.array([[0.5, 0.5, 0.5, 0.5], [1.0, 0.0, 0.0, 0.0]]), mode)
         assert np.isfinite(adv).all()
-        np.testing.assert_array_equal(adv[0], 0.0)
-    adv = grpo.group_advantages(jnp.zeros((3, 4)), "batch-std")
-    np.testing.assert_array_equal(adv, 0.0)
+        if mode == "reinforce++":  # no group baseline: a flat group sits where the batch puts it
+            assert (np.asarray(adv[0]) > 0).all()
+        else:
+            np.testing.assert_array_equal(adv[0], 0.0)
+    for mode in ("batch-std", "reinforce++"):
+        np.testing.assert_array_equal(grpo.group_advantages(jnp.zeros((3, 4)), mode), 0.0)
+
+
+def test_rloo_and_reinforce_pp_against_their_definitions():
+    rewards = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    # RLOO: each sample's baseline is the mean of the other samples of its group, by a loop
+    loo = np.array([[r[i] - np.delete(r, i).mean() for i in range(len(r))] for r in rewards])
+    np.testing.assert_allclose(grpo.group_advantages(jnp.asarray(rewards), "rloo"), loo, rtol=1e-5, atol=1e-6)
+    flat = rewards.reshape(-1)
+    np.testing.assert_allclose(grpo.group_advantages(jnp.asarray(rewards), "reinforce++"),
+                               ((flat - flat.mean()) / flat.std()).reshape(rewards.shape), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        grpo.group_advantages(jnp.ones((3, 1)), "rloo")
+    from r1jax.config import GRPOConfig
+    with pytest.raises(ValueError, match="GRPOConfig.advantage='rloo' needs group_size >= 2"):
+        GRPOConfig(group_size=1, advantage="rloo")
 
 
 def test_advantage_modes_differ_as_defined():

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 AdvantageMode = Literal["std", "mean", "batch-std"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3"]
-ADVANTAGE_MODES = ("std", "mean", "batch-std")
+ADVANTAGE_MODES = ("std", "mean", "batch-std", "rloo", "reinforce++")
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
@@ -25,11 +25,22 @@ def group_advantages(rewards_PxG: jax.Array, mode: AdvantageMode = "std",
 
     "std": (r − mean_group) / std_group (paper; population std);
     "mean": r − mean_group (Dr. GRPO drops the std);
-    "batch-std": (r − mean_group) / std over the whole batch.
-    A group whose rewards are all equal gets advantage 0 (not NaN).
+    "batch-std": (r − mean_group) / std over the whole batch (REINFORCE++ with the group baseline,
+    arXiv 2501.03262);
+    "rloo": r_i − mean of the group's other G − 1 rewards, = G/(G−1)·(r − mean_group) (leave-one-out,
+    Ahmadian et al., arXiv 2402.14740, Eq. 6; G ≥ 2);
+    "reinforce++": (r − mean_batch) / std_batch, no group baseline (arXiv 2501.03262, Eq. 10).
+    In every mode but "reinforce++", a group whose rewards are all equal gets advantage 0 (not NaN).
     """
     rewards_PxG = rewards_PxG.astype(jnp.float32)
     centered_PxG = rewards_PxG - rewards_PxG.mean(axis=1, keepdims=True)
+    if mode == "rloo":
+        g = rewards_PxG.shape[1]
+        if g < 2:
+            raise ValueError("advantage 'rloo' needs at least 2 samples per group (group_size >= 2)")
+        return centered_PxG * (g / (g - 1))
+    if mode == "reinforce++":
+        return (rewards_PxG - rewards_PxG.mean()) / (rewards_PxG.std() + eps)
     if mode == "std":
         return centered_PxG / (rewards_PxG.std(axis=1, keepdims=True) + eps)
     if mode == "mean":

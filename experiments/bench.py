@@ -431,7 +431,8 @@ def bench_engine(args) -> dict:
     def static_step():  # the static sampler's step reads all pool_len slots of every row, whatever is filled
         nonlocal static_state
         state, temperature_B, top_p_B = static_state
-        state = static._step(params, state, jax.random.key(0), temperature_B, top_p_B, top_k=None)
+        state = static._step(params, state, jax.random.key(0), temperature_B, top_p_B, top_k=None,
+                             stop_ids=static.stop_ids)
         static_state = (jax.block_until_ready(state), temperature_B, top_p_B)
     static_step_s = best_time(static_step, 4 * args.repeats)
     out["decode_step"] = {"pool_slots": pool_len, "slots": slots, "step_s": {str(k): v for k, v in decode.items()},

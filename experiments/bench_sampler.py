@@ -88,7 +88,8 @@ def bench_size(name: str, fields: dict, shapes, repeats: int, naive_steps: int) 
 
         temps, top_p = jnp.zeros((batch,)), jnp.ones((batch,))
         decode = lambda: jax.block_until_ready(  # noqa: E731
-            sampler._decode(params, prefill(), jax.random.key(1), temps, top_p, top_k=None))
+            sampler._decode(params, prefill(), jax.random.key(1), temps, top_p, top_k=None,
+                            stop_ids=sampler.stop_ids))
         t_total = best_time(decode, repeats)
         row["decode_tok_s"] = batch * new / max(t_total - t_prefill, 1e-9)
         row["generate_tok_s"] = batch * new / t_total  # prefill + decode, as a user sees it

@@ -266,7 +266,8 @@ def plan_programs(cfg: ModelConfig, step: StepPlan, mesh) -> list[dict]:
             add("prefill", row, params_b)
             if "decode" in programs:
                 decode_args = decode_inputs(prefill, step.rows, mesh)
-                row = step.compile(sampler._decode, state.params, *decode_args, top_k=None)[0]
+                row = step.compile(sampler._decode, state.params, *decode_args, top_k=None,
+                                   stop_ids=sampler.stop_ids)[0]
                 add("decode", {**row, "state_layout": layout(decode_args[0])}, params_b)
     return rows
 

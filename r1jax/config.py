@@ -379,6 +379,10 @@ class SamplingSettings:
         """The R1 paper's evaluation protocol (§3): temperature 0.6, top-p 0.95, no top-k."""
         return cls(max_new_tokens=max_new_tokens, temperature=0.6, top_p=0.95, stop_ids=stop_ids)
 
+    def paper_evaluation(self) -> SamplingSettings:
+        """`for_evaluation` at these settings' token budget and stop ids (evaluations during and after RL)."""
+        return SamplingSettings.for_evaluation(self.max_new_tokens, self.stop_ids)
+
     def with_stop_ids(self, stop_ids) -> SamplingSettings:
         """These settings with `stop_ids` (e.g. a tokenizer's) added to their own, in order, once each."""
         return dataclasses.replace(self, stop_ids=tuple(dict.fromkeys((*map(int, stop_ids), *self.stop_ids))))

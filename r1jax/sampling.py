@@ -133,7 +133,7 @@ class Sampler:
             next_pos_B=state.next_pos_B + 1, logits_BxV=logits_Bx1xV[:, 0], cache=cache)
 
     def _decode_impl(self, params, state: SamplingState, rng, temperature_B, top_p_B, *,
-                     top_k: int | None, stop_ids: tuple[int, ...] | None = None) -> SamplingState:
+                     top_k: int | None, stop_ids: tuple[int, ...]) -> SamplingState:
         self.trace_counts["decode"] += 1
         max_new_tokens = state.tokens_BxT.shape[1]
 
@@ -141,13 +141,12 @@ class Sampler:
             return (s.step < max_new_tokens) & ~jnp.all(s.done_B)
 
         return jax.lax.while_loop(steps_left_and_some_row_running,
-                                  lambda s: self._advance(params, s, rng, temperature_B, top_p_B, top_k,
-                                                          stop_ids or self.stop_ids),
+                                  lambda s: self._advance(params, s, rng, temperature_B, top_p_B, top_k, stop_ids),
                                   state)
 
-    def _step_impl(self, params, state, rng, temperature_B, top_p_B, *, top_k, stop_ids=None):
+    def _step_impl(self, params, state, rng, temperature_B, top_p_B, *, top_k, stop_ids):
         self.trace_counts["step"] += 1
-        return self._advance(params, state, rng, temperature_B, top_p_B, top_k, stop_ids or self.stop_ids)
+        return self._advance(params, state, rng, temperature_B, top_p_B, top_k, stop_ids)
 
     # --------------------------------------------------------------- host side
     def _start(self, params, prompts: Sequence[Sequence[int]], *, group_size: int, max_new_tokens: int,
@@ -203,7 +202,7 @@ class Sampler:
                                                     max_new_tokens=max_new_tokens, temperature=temperature,
                                                     top_p=top_p)
         for t in range(max_new_tokens):
-            state = self._step(params, state, rng, temperature_B, top_p_B, top_k=top_k)
+            state = self._step(params, state, rng, temperature_B, top_p_B, top_k=top_k, stop_ids=self.stop_ids)
             done_B = np.asarray(state.done_B)
             yield np.asarray(state.tokens_BxT[:, t]), done_B
             if done_B.all():

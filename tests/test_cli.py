@@ -43,6 +43,7 @@ def test_sampling_settings_are_set_field_by_field_and_validated():
                                          "sampling.stop_ids=3,4"])
     assert cfg.sampling == SamplingSettings(max_new_tokens=16, temperature=0.0, stop_ids=(3, 4))
     assert cfg.sampling.with_stop_ids((2, 3)).stop_ids == (2, 3, 4)  # the tokenizer's first, each once
+    assert cfg.sampling.paper_evaluation() == SamplingSettings(16, temperature=0.6, top_p=0.95, stop_ids=(3, 4))
     with pytest.raises(OverrideError, match=r"SamplingSettings\.top_p=2\.0 must be in \(0, 1\]"):
         apply_overrides(GRPOConfig(), ["sampling.top_p=2"])
     with pytest.raises(OverrideError, match="overlong_buffer=16 must be in"):

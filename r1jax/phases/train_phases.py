@@ -145,7 +145,7 @@ class RLPhase:
     """GRPO on `problems(ctx)` with rule-based `rewards` (R1-Zero, R1 reasoning RL).
 
     Every `eval_every` steps it evaluates on `eval_problems(ctx)` with `eval_sampling` (None: the
-    paper's protocol at the rollouts' max_new_tokens and stop ids, `SamplingSettings.for_evaluation`).
+    paper's protocol at the rollouts' max_new_tokens and stop ids, `SamplingSettings.paper_evaluation`).
     """
 
     name: str
@@ -171,8 +171,7 @@ class RLPhase:
         from r1jax.evaluate import evaluate
 
         result = evaluate(trainer.state.params, ctx.model_cfg, ctx.tokenizer, self.eval_problems(ctx),
-                          settings=self.eval_sampling or SamplingSettings.for_evaluation(
-                              self.grpo.sampling.max_new_tokens, self.grpo.sampling.stop_ids), template=self.template,
+                          settings=self.eval_sampling or self.grpo.sampling.paper_evaluation(), template=self.template,
                           rng=jax.random.fold_in(ctx.rng(step), 1 << 20), k=self.eval_k,
                           sampler=trainer.engine or trainer.sampler,
                           pool=trainer.pool)

@@ -23,8 +23,7 @@ from typing import Any
 
 from r1jax.config import ModelConfig, OptimizerConfig
 from r1jax.data import R1_ZERO
-from r1jax.recipes.r1_zero import (R1ZeroConfig, base_corpus, before_after_table, default_rewards, eval_sampling,
-                                    problems)
+from r1jax.recipes.r1_zero import R1ZeroConfig, base_corpus, before_after_table, default_rewards, problems
 
 STAGES = ("student_base", "teacher_traces", "distilled", "rl_only")
 
@@ -69,7 +68,7 @@ def build(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, Any]:
     train, test = problems(d)
     corpus = base_corpus(d, train)
     student = dataclasses.replace(cfg.student, vocab_size=d.vocab_size)
-    evaluation = dict(template=R1_ZERO, sampling=eval_sampling(d.grpo), k=d.eval_k, rollout=d.grpo.rollout)
+    evaluation = dict(template=R1_ZERO, sampling=d.grpo.sampling.paper_evaluation(), k=d.eval_k, rollout=d.grpo.rollout)
     base_dir, traces_dir = os.path.join(workdir, "student_base"), os.path.join(workdir, "teacher_traces")
     traces = RejectionSamplingPhase("traces", lambda ctx: train[:cfg.trace_problems], R1_ZERO,
                                     sampling=dataclasses.replace(d.grpo.sampling, temperature=cfg.trace_temperature),

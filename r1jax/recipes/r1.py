@@ -20,7 +20,7 @@ import random
 
 from r1jax.config import OptimizerConfig
 from r1jax.data import R1_ZERO, worked_solution
-from r1jax.recipes.r1_zero import R1ZeroConfig, base_phases, eval_sampling, problems
+from r1jax.recipes.r1_zero import R1ZeroConfig, base_phases, problems
 
 STAGES = ("base_eval", "cold_start_eval", "reasoning_rl_eval", "sft_eval", "final_eval")
 
@@ -61,7 +61,7 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
             for p in train[:cfg.cold_start_examples]]
     reasoning = {"accuracy": WeightedReward(accuracy_reward, 1.0), "format": WeightedReward(format_reward, 1.0),
                  "language": WeightedReward(language_reward, cfg.language_weight)}
-    ev = dict(template=R1_ZERO, sampling=eval_sampling(b.grpo), k=b.eval_k, rollout=b.grpo.rollout)
+    ev = dict(template=R1_ZERO, sampling=b.grpo.sampling.paper_evaluation(), k=b.eval_k, rollout=b.grpo.rollout)
     rs = RejectionSamplingPhase("rejection_sampling", lambda ctx: train[:cfg.rs_problems], R1_ZERO,
                                 sampling=dataclasses.replace(b.grpo.sampling, temperature=cfg.rs_temperature),
                                 k=cfg.rs_k, rollout=b.grpo.rollout)

@@ -149,18 +149,14 @@ def default_rewards() -> dict[str, Any]:
     return {"accuracy": WeightedReward(accuracy_reward, 1.0), "format": WeightedReward(format_reward, 1.0)}
 
 
-def eval_sampling(grpo: GRPOConfig) -> SamplingSettings:
-    """The recipes' evaluations: the paper's protocol with the rollouts' token budget and stop ids."""
-    return SamplingSettings.for_evaluation(grpo.sampling.max_new_tokens, grpo.sampling.stop_ids)
-
-
 def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None, **runner_kwargs):
     """The R1-Zero Runner: base → base_eval → rl → final_eval; `rewards` swaps the reward functions."""
     from r1jax.phases import EvalPhase, RLPhase, Runner
 
     train, test = problems(cfg)
     model_cfg, phases = base_phases(cfg, train)
-    evaluation = dict(template=R1_ZERO, sampling=eval_sampling(cfg.grpo), k=cfg.eval_k, rollout=cfg.grpo.rollout)
+    evaluation = dict(template=R1_ZERO, sampling=cfg.grpo.sampling.paper_evaluation(), k=cfg.eval_k,
+                      rollout=cfg.grpo.rollout)
     phases += [
         EvalPhase("base_eval", lambda ctx: test, **evaluation),
         RLPhase("rl", lambda ctx: train, rewards or default_rewards(), R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,

@@ -11,7 +11,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-AdvantageMode = Literal["std", "mean", "batch-std"]
+AdvantageMode = Literal["std", "mean", "batch-std", "rloo", "reinforce++"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3"]
 ADVANTAGE_MODES = ("std", "mean", "batch-std", "rloo", "reinforce++")

@@ -122,14 +122,15 @@ SHAPES = {
     "deepseek-v2-lite": deepseek_v2_lite,
 }
 
-# --all: (shape, mesh, new tokens, minibatches), each planned at full depth
+# --all: (shape, mesh, new tokens, minibatches, ModelConfig overrides), each planned at full depth
 PLAN_ROWS = (
-    ("qwen2.5-0.5b", "8x8", 4096, 8),
-    ("qwen2.5-1.5b", "8x8", 4096, 8),
-    ("qwen2.5-1.5b", "8x8", 8192, 8),
-    ("qwen2.5-7b", "8x8", 8192, 8),
-    ("qwen2.5-7b", "fsdp=64", 8192, 8),
-    ("deepseek-v2-lite", "fsdp=8,expert=8", 4096, 8),
+    ("qwen2.5-0.5b", "8x8", 4096, 8, ()),
+    ("qwen2.5-1.5b", "8x8", 4096, 8, ()),
+    ("qwen2.5-1.5b", "8x8", 8192, 8, ()),
+    ("qwen2.5-7b", "8x8", 8192, 8, ()),
+    ("qwen2.5-7b", "8x8", 8192, 8, ("params_over_data=true",)),  # the 7B preset's layout
+    ("qwen2.5-7b", "fsdp=64", 8192, 8, ()),
+    ("deepseek-v2-lite", "fsdp=8,expert=8", 4096, 8, ()),
 )
 
 
@@ -322,17 +323,19 @@ def extrapolate(low: list[dict], high: list[dict]) -> list[dict]:
     return out
 
 
-def plan_rows(args: argparse.Namespace, shape: str, mesh_spec: str, grpo: GRPOConfig) -> list[dict]:
-    """Measured rows, plus the extrapolated full-depth rows with --extrapolate."""
+def plan_rows(args: argparse.Namespace, shape: str, mesh_spec: str, grpo: GRPOConfig,
+              model_set: tuple[str, ...] = ()) -> list[dict]:
+    """Measured rows, plus the extrapolated full-depth rows with --extrapolate; `model_set` before --model-set."""
     programs = tuple(p.strip() for p in args.programs.split(",") if p.strip())
     step = StepPlan(grpo, args.prompt_len, programs, args.quick_compile)
-    plan = lambda layers: plan_one(shape, mesh_spec, step, args.model_set, layers)  # noqa: E731
+    overrides = list(model_set) + list(args.model_set)
+    plan = lambda layers: plan_one(shape, mesh_spec, step, overrides, layers)  # noqa: E731
     if not args.extrapolate:
         return plan(args.layers)
     low, high = (int(n) for n in args.fit_layers.split(","))
     if not 0 < low < high:
         raise ValueError(f"--fit-layers {args.fit_layers!r}: need two depths 0 < low < high")
-    moe = model_config(shape, args.model_set).moe
+    moe = model_config(shape, overrides).moe
     if moe is not None and low <= moe.first_k_dense:
         raise ValueError(f"--fit-layers {args.fit_layers!r}: {shape} has {moe.first_k_dense} dense first layer(s); "
                          f"both depths must exceed it so the per-layer slope is an MoE layer")
@@ -353,7 +356,8 @@ def table(rows: list[dict]) -> str:
         layers = (f"{r['layers']} (fit {r['fit_layers'][0]},{r['fit_layers'][1]})" if r["extrapolated"]
                   else f"{r['layers']}/{r['full_layers']}")
         fits = " | ".join("yes" if r["total"] <= g * GIB else "no" for g in CHIPS_GIB.values())
-        lines.append(f"| {r['shape']} | {layers} | {r['mesh']} | {r['minibatch_rows']} | {r['new_tokens']} "
+        mesh = r["mesh"] + (" params_over_data" if r.get("model", {}).get("params_over_data") else "")
+        lines.append(f"| {r['shape']} | {layers} | {mesh} | {r['minibatch_rows']} | {r['new_tokens']} "
                      f"| {r['program']} | {_gib(r['args'])} | {_gib(r['temp'])} | {_gib(r['peak'])} "
                      f"| {_gib(r['total'])} | {r['compile_s']:.1f} | {fits} |")
     return "\n".join(lines)
@@ -386,8 +390,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     if args.all:  # full depth: with scanned layers compile time does not grow with it
         rows = []
-        for shape, mesh_spec, new_tokens, minibatches in PLAN_ROWS:
-            new = plan_rows(args, shape, mesh_spec, grpo_config(args, new_tokens, minibatches))
+        for shape, mesh_spec, new_tokens, minibatches, model_set in PLAN_ROWS:
+            new = plan_rows(args, shape, mesh_spec, grpo_config(args, new_tokens, minibatches), model_set)
             print(table(new) + "\n", flush=True)  # progress, row by row
             rows += new
         out = args.out or "benchmarks/plan.json"

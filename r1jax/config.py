@@ -66,7 +66,8 @@ class RopeScaling:
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTION_KERNELS = ("auto", "blockwise", "dense", "cudnn", "splash")
 # how a model runs, not what it computes: a checkpoint or HF folder loads under any of these
-EXECUTION_FIELDS = ("param_dtype", "dtype", "remat", "scan_layers", "attention", "attention_block")
+EXECUTION_FIELDS = ("param_dtype", "dtype", "remat", "scan_layers", "attention", "attention_block",
+                    "params_over_data")
 ROUTERS = ("sigmoid", "softmax")
 MOE_DISPATCH = ("auto", "ragged_dot", "blocked")
 MOE_EXPERT_PARALLEL = ("ring", "all_to_all", "none")
@@ -189,7 +190,10 @@ class ModelConfig:
     picks the kernel of cache-free calls and prefill: 'auto' (cuDNN on GPU, splash on TPU,
     blockwise elsewhere; on CPU dense for rows of at most one block), 'blockwise' (portable
     online-softmax blocks of `attention_block` slots, memory linear in length), 'dense' (the
-    [L, S] scores whole), 'cudnn' or 'splash'.
+    [L, S] scores whole), 'cudnn' or 'splash'. `params_over_data` splits params (and with them
+    gradients and optimizer state) over the mesh's 'data' axis as well as 'fsdp': ZeRO-3 over the
+    whole mesh, so on `--mesh=8x8` a device holds 1/64 of the train state instead of 1/8, at the
+    cost of gathering each layer's weights over 'data' too (r1jax.logical.param_rules).
     `qk_norm` RMS-normalizes each query and key head before RoPE (Qwen3). `moe`
     makes feed-forward layers mixtures of experts, `mla` makes every attention
     layer multi-head latent attention (which ignores num_kv_heads and head_dim).
@@ -218,6 +222,7 @@ class ModelConfig:
     scan_layers: bool = False
     attention: str = "auto"
     attention_block: int = 512
+    params_over_data: bool = False
 
     def __post_init__(self):
         if isinstance(self.remat, bool) or self.remat in ("true", "false"):
@@ -226,8 +231,9 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.remat={self.remat!r} must be one of {REMAT_POLICIES} (or a bool)")
         if self.attention not in ATTENTION_KERNELS:
             raise ValueError(f"ModelConfig.attention={self.attention!r} must be one of {ATTENTION_KERNELS}")
-        if not isinstance(self.scan_layers, bool):
-            raise ValueError(f"ModelConfig.scan_layers={self.scan_layers!r} must be a bool")
+        for name in ("scan_layers", "params_over_data"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} must be a bool")
         for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
                      "max_len", "attention_block"):
             value = getattr(self, name)
@@ -294,6 +300,7 @@ class Execution:
     scan_layers: bool | None = None
     attention: str | None = None
     attention_block: int | None = None
+    params_over_data: bool | None = None
 
     def __post_init__(self):
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}

@@ -35,8 +35,18 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("heads", ("fsdp",)),
     ("vocab", ("fsdp",)),
 )
-# never sharded: length, cache_length, head_dim, norm
 # never sharded: length, cache_length, head_dim, norm, layers (a scanned stack)
+Rules = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def param_rules(over_data: bool = False) -> Rules:
+    """The table for params: RULES, or with `over_data` every 'fsdp' rule extended by 'data' (ZeRO-3
+    over the whole mesh, ModelConfig.params_over_data): a dimension that fsdp × data does not divide
+    keeps fsdp alone. Params carry no 'batch' axis, so 'data' is free for them."""
+    if not over_data:
+        return RULES
+    return tuple((logical, axes + ("data",) if "fsdp" in axes and logical != "batch" else axes)
+                 for logical, axes in RULES)
 
 
 def logical_rules(mesh: Mesh) -> tuple[tuple[str, str | tuple[str, ...]], ...]:
@@ -50,10 +60,10 @@ def logical_rules(mesh: Mesh) -> tuple[tuple[str, str | tuple[str, ...]], ...]:
 
 
 def logical_to_spec(names: Sequence[str | None], mesh: Mesh | dict[str, int],
-                    shape: Sequence[int] | None = None) -> PartitionSpec:
+                    shape: Sequence[int] | None = None, rules: Rules = RULES) -> PartitionSpec:
     """PartitionSpec for an array with logical axis `names`; with `shape`, only axes that divide each dimension.
 
-    `mesh` may be a Mesh, an AbstractMesh or a dict {axis name: size}.
+    `mesh` may be a Mesh, an AbstractMesh or a dict {axis name: size}; `rules` defaults to RULES.
     """
     sizes = dict(mesh) if isinstance(mesh, dict) else dict(mesh.shape)
     names = tuple(names)
@@ -61,7 +71,7 @@ def logical_to_spec(names: Sequence[str | None], mesh: Mesh | dict[str, int],
         raise ValueError(f"logical axes {names} do not match shape {tuple(shape)}")
     assigned: list[tuple[str, ...] | None] = [None] * len(names)
     used: set[str] = set()
-    for logical, axes in RULES:
+    for logical, axes in rules:
         if logical not in names or assigned[names.index(logical)] is not None:
             continue
         dim = names.index(logical)

@@ -9,7 +9,8 @@ Default names by rank: 1 → (fsdp,); 2 → (data, fsdp); 3 → (data, fsdp, exp
 expert, tensor). So "8x8" is hybrid FSDP: params sharded 8 ways within a host/node, replicated over 8.
 
 What each mesh axis shards (RULES, in priority order; the first free rule wins per dimension):
-  data    batch only (params replicated): plain data parallelism.
+  data    batch only (params replicated): plain data parallelism; with ModelConfig.params_over_data
+          also the params' fsdp dimensions (ZeRO-3 over data × fsdp, `logical.param_rules`).
   fsdp    batch, and dense weights on their "embed" dimension (else mlp/heads/latent dims): ZeRO-3.
   expert  batch, and MoE expert weights on their "expert" dimension (expert parallelism).
   tensor  heads, kv_heads, mlp, vocab (Megatron-style); off by default.
@@ -39,7 +40,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from r1jax.config import ModelConfig
-from r1jax.logical import BATCH_AXES, DEFAULT_AXES, MESH_AXES, RULES, constrain, logical_rules, logical_to_spec
+from r1jax.logical import (BATCH_AXES, DEFAULT_AXES, MESH_AXES, RULES, constrain, logical_rules, logical_to_spec,
+                           param_rules)
 from r1jax.model import Cache, init_params, map_cache, param_logical_axes
 
 __all__ = ["BATCH_AXES", "DEFAULT_AXES", "MESH_AXES", "RULES", "constrain", "logical_rules", "logical_to_spec"]
@@ -105,9 +107,10 @@ def single_device_mesh() -> Mesh:
     return make_mesh("1", devices=jax.devices()[:1])
 
 
-def named_sharding(names: Sequence[str | None], mesh: Mesh, shape: Sequence[int] | None = None) -> NamedSharding:
+def named_sharding(names: Sequence[str | None], mesh: Mesh, shape: Sequence[int] | None = None,
+                   rules: tuple = RULES) -> NamedSharding:
     """NamedSharding of `logical_to_spec`."""
-    return NamedSharding(mesh, logical_to_spec(names, mesh, shape))
+    return NamedSharding(mesh, logical_to_spec(names, mesh, shape, rules))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -132,8 +135,10 @@ def _abstract_params(cfg: ModelConfig) -> Any:
 
 @functools.lru_cache(maxsize=16)
 def param_shardings(cfg: ModelConfig, mesh: Mesh) -> Any:
-    """NamedSharding per param leaf, from `r1jax.model.param_logical_axes` and the leaf shapes."""
-    return jax.tree.map(lambda names, leaf: named_sharding(tuple(names), mesh, leaf.shape),
+    """NamedSharding per param leaf, from `r1jax.model.param_logical_axes`, the leaf shapes and
+    `param_rules(cfg.params_over_data)`."""
+    rules = param_rules(cfg.params_over_data)
+    return jax.tree.map(lambda names, leaf: named_sharding(tuple(names), mesh, leaf.shape, rules),
                         param_logical_axes(cfg), _abstract_params(cfg),
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 

@@ -65,3 +65,13 @@ def test_real_shapes_match_their_config_json():
     assert q15.qkv_bias and q15.tie_embeddings and q15.dtype == "bfloat16" and q15.param_dtype == "float32"
     ds = plan.model_config("deepseek-v2-lite", ["moe.dispatch=ragged_dot"], layers=3)
     assert ds.num_layers == 3 and ds.moe.top_k == 6 and ds.moe.dispatch == "ragged_dot" and ds.mla.kv_lora_rank == 512
+
+
+def test_params_over_data_halve_the_update_state_on_2x4():
+    update = SMALL + ["--new-tokens", "8", "--programs", "update"]
+    (hybrid,) = plan.main(update)
+    (zero,) = plan.main(update + ["--model-set", "params_over_data=true"])
+    assert zero["model"]["params_over_data"] and not hybrid["model"]["params_over_data"]
+    # the train state (params + Adam moments) is most of the update's arguments: split 8 ways, not 4
+    assert zero["args"] < 0.7 * hybrid["args"]
+    assert "params_over_data" in plan.table([zero]) and "params_over_data" not in plan.table([hybrid])

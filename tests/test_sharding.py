@@ -3,6 +3,7 @@
 Equivalence: logits, greedy sampler tokens, one GRPO step and one SFT step (loss, gradient norm, new
 params) on meshes 1, 8, 2x4, 4x2 (and fsdp=2,expert=4 for MoE) match the one-device run in f32.
 """
+import dataclasses
 import functools
 
 import jax
@@ -22,7 +23,8 @@ from r1jax.train.sft_step import make_sft_step
 DENSE = ModelConfig.tiny(vocab_size=48, num_layers=1)  # one layer each: compiles dominate this file's time
 MOE = ModelConfig.tiny(vocab_size=48, num_layers=1, moe=MoEConfig(num_experts=4, top_k=2, expert_dim=16,
                                                                   num_shared_experts=1))
-CONFIGS = {"dense": DENSE, "moe": MOE}
+ZERO = dataclasses.replace(DENSE, params_over_data=True)  # same params, split over data × fsdp
+CONFIGS = {"dense": DENSE, "moe": MOE, "zero": ZERO}
 MESHES = ["8", "2x4", "4x2"]
 GRPO = GRPOConfig(group_size=2, prompts_per_step=4, sampling=SamplingSettings(max_new_tokens=6), logprob_chunk=4,
                   num_minibatches=1)
@@ -83,6 +85,20 @@ def test_expert_weights_shard_over_the_expert_axis():
     assert moe["router"] == P("fsdp", "expert") and moe["router_bias"] == P("expert")
     # no expert axis in the mesh: experts replicated, their embed dimension FSDP-sharded
     assert sharding.param_shardings(MOE, _mesh("2x4"))["layers_0"]["mlp"]["wi_up"].spec == P(None, "fsdp", None)
+
+
+def test_params_over_data_split_the_train_state_over_every_axis():
+    mesh = _mesh("2x4")
+    specs = jax.tree.map(lambda s: s.spec, sharding.param_shardings(ZERO, mesh))
+    assert specs["layers_0"]["mlp"]["gate"]["kernel"] == P(("fsdp", "data"), None)
+    assert specs["layers_0"]["attn"]["o"]["kernel"] == P(None, None, ("fsdp", "data"))
+    assert specs["final_norm"]["scale"] == P(None)
+    state = init_train_state(sharding.sharded_init(ZERO, jax.random.key(0), mesh), TX)
+    shardings = jax.tree_util.tree_flatten_with_path(sharding.tree_shardings(state, mesh, cfg=ZERO))[0]
+    mu = [s.spec for k, s in shardings if jax.tree_util.keystr(k).endswith(".mu['layers_0']['mlp']['gate']['kernel']")]
+    assert mu == [P(("fsdp", "data"), None)]  # Adam's moments follow their params over both axes
+    # a dimension that 8 does not divide falls back to fsdp alone
+    assert sharding.logical_to_spec(("embed", None), mesh, (12, 3), sharding.param_rules(True)) == P("fsdp", None)
 
 
 def test_rules_drop_absent_axes_and_skip_indivisible_ones():
@@ -230,11 +246,11 @@ def _train_step(name: str, spec: str, kind: str) -> dict:
                 "params": jax.device_get(new.params), "kept_layout": kept}
 
 
-CASES = [(n, s) for n in CONFIGS for s in MESHES] + [("moe", "fsdp=2,expert=4")]
+CASES = [(n, s) for n in ("dense", "moe") for s in MESHES] + [("moe", "fsdp=2,expert=4")]
 # 4x2 splits the same axes as 2x4 the other way round: the forward and the sampler check it, the train
 # step does not. SFT shares the GRPO step's machinery (state sharding, batch placement): two meshes
 # keep the file's time down.
-GRPO_CASES = [(n, s) for n, s in CASES if s != "4x2"]
+GRPO_CASES = [(n, s) for n, s in CASES if s != "4x2" and n != "zero"] + [("zero", "2x4")]
 SFT_CASES = [("dense", "2x4"), ("moe", "fsdp=2,expert=4")]
 
 
@@ -253,7 +269,7 @@ def test_greedy_sampler_tokens_agree_across_meshes(name, spec):
 @pytest.mark.parametrize("name, spec, kind",
                          [(n, s, "grpo") for n, s in GRPO_CASES] + [(n, s, "sft") for n, s in SFT_CASES])
 def test_train_step_agrees_across_meshes_and_keeps_its_layout(name, spec, kind):
-    got, want = _train_step(name, spec, kind), _train_step(name, "1", kind)
+    got, want = _train_step(name, spec, kind), _train_step("dense" if name == "zero" else name, "1", kind)
     assert got["kept_layout"]
     for key in ("loss", "grad_norm"):
         np.testing.assert_allclose(got["metrics"][key], want["metrics"][key], rtol=1e-5, err_msg=key)

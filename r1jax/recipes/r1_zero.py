@@ -56,17 +56,19 @@ class R1ZeroConfig:
     checkpoint_every: int = 20
 
 
-def _real(max_new_tokens: int) -> R1ZeroConfig:
+def _real(max_new_tokens: int, params_over_data: bool = False) -> R1ZeroConfig:
     """The paper's GRPO settings (PAPER.md: lr 3e-6, KL 0.001, G 16) for a model loaded from `init_from`.
 
     Runs as an accelerator user wants it: bf16 compute on f32 master weights, every block
-    rematerialized, layers scanned. 8 minibatches of 64 rows (the paper: 16 of 32), so that a
+    rematerialized, layers scanned; with `params_over_data` (the 7B preset) the train state splits over
+    the whole mesh, so `--mesh=8x8` holds 1/64 of it per device (fits 16 GiB; README plan). 8 minibatches of 64 rows (the paper: 16 of 32), so that a
     minibatch splits over the 64 devices of an 8x8 mesh; on 32 data devices or fewer
     `--set grpo.num_minibatches=16` gives the paper's.
     """
     return R1ZeroConfig(
         pretrain_steps=0, rl_steps=1000, eval_every=100, eval_k=16, checkpoint_every=50,
-        init=Execution(param_dtype="float32", dtype="bfloat16", remat="full", scan_layers=True),
+        init=Execution(param_dtype="float32", dtype="bfloat16", remat="full", scan_layers=True,
+                       params_over_data=params_over_data),
         grpo=GRPOConfig(group_size=16, prompts_per_step=32, sampling=SamplingSettings(max_new_tokens=max_new_tokens),
                         num_minibatches=8, kl_beta=0.001, logprob_chunk=512),
         rl_optimizer=OptimizerConfig(learning_rate=3e-6, warmup_steps=10, weight_decay=0.1))
@@ -84,7 +86,7 @@ PRESETS: dict[str, R1ZeroConfig] = {
     "tiny": R1ZeroConfig(),
     "tiny-moe": _tiny_moe(),
     "qwen2.5-1.5b": _real(4096),
-    "qwen2.5-7b": _real(8192),
+    "qwen2.5-7b": _real(8192, params_over_data=True),
 }
 
 

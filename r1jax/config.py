@@ -8,6 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from r1jax.rl.grpo import ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS
+from r1jax.rl.objectives import COV_MODES, POLICY_LOSSES, ROLLOUT_IS_MODES
 
 ROPE_SCALING_KINDS = ("linear", "llama3", "yarn")
 
@@ -413,6 +414,19 @@ class GRPOConfig:
     picks the sampler: "static" (one batch, every row until the longest ends) or
     "engine" (continuous batching over a paged KV cache, `rollout_slots` decode
     slots, 0 = one per row, pages of `page_size` tokens).
+
+    The objective's variants (r1jax.rl.objectives; README "GRPO loss variants"): `policy_loss`
+    "ppo-clip" (R1 Eq. 1, with eps_low/eps_high/dual_clip), "gspo" / "gspo-token" (gspo_eps_*; arXiv
+    2507.18071), "cispo" (cispo_eps_* bound the IS weight; eps_low 1.0: no lower bound, the MiniMax-M1
+    paper's choice; it tunes only the upper bound and does not report it: 5.0 is SkyRL's example),
+    "gmpo" (gmpo_eps_* in log space; arXiv 2507.20673), "sapo" (sapo_tau_*; arXiv 2511.20347).
+    `advantage` = "gdpo" normalizes each reward within its group before the weighted sum, then by
+    the batch std when `gdpo_batch_norm` (arXiv 2601.05242). `entropy_coef` > 0 subtracts that
+    multiple of the token entropy. `cov_mode` "clip-cov" / "kl-cov" (arXiv 2505.22617) acts on
+    tokens of high log-prob/advantage covariance (clip_cov_* / kl_cov_*). `rollout_is` corrects the
+    sampler–trainer mismatch with importance weights (needs recompute_old_logps): "tis-token" /
+    "tis-seq" truncate them at `rollout_is_high`, "mis-token" / "mis-seq" drop tokens / sequences
+    whose weight is outside [rollout_is_low, rollout_is_high].
     """
 
     group_size: int = 16
@@ -440,6 +454,26 @@ class GRPOConfig:
     rollout: str = "static"
     rollout_slots: int = 0
     page_size: int = 32
+    policy_loss: str = "ppo-clip"
+    gspo_eps_low: float = 3e-4
+    gspo_eps_high: float = 4e-4
+    cispo_eps_low: float = 1.0
+    cispo_eps_high: float = 5.0
+    gmpo_eps_low: float = 0.4
+    gmpo_eps_high: float = 0.4
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
+    gdpo_batch_norm: bool = True
+    entropy_coef: float = 0.0
+    cov_mode: str = "none"
+    clip_cov_fraction: float = 2e-4
+    clip_cov_low: float = 1.0
+    clip_cov_high: float = 5.0
+    kl_cov_fraction: float = 2e-3
+    kl_cov_coef: float = 1.0
+    rollout_is: str = "none"
+    rollout_is_low: float = 0.5
+    rollout_is_high: float = 2.0
 
     def __post_init__(self):
         c = functools.partial(_check, "GRPOConfig")
@@ -468,3 +502,23 @@ class GRPOConfig:
         c(0 <= self.overlong_buffer < self.sampling.max_new_tokens,
           f"overlong_buffer={self.overlong_buffer} must be in [0, sampling.max_new_tokens)")
         c(self.max_resample_rounds >= 0, f"max_resample_rounds={self.max_resample_rounds} must be >= 0")
+        c(self.policy_loss in POLICY_LOSSES, f"policy_loss={self.policy_loss!r} must be one of {POLICY_LOSSES}")
+        c(self.dual_clip is None or self.policy_loss == "ppo-clip",
+          f"dual_clip applies to policy_loss='ppo-clip' only, got policy_loss={self.policy_loss!r}")
+        for name in ("gspo_eps_low", "gspo_eps_high", "cispo_eps_high", "gmpo_eps_low", "gmpo_eps_high"):
+            c(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+        c(0 <= self.cispo_eps_low <= 1, f"cispo_eps_low={self.cispo_eps_low} must be in [0, 1] (1: no lower bound)")
+        c(self.sapo_tau_pos > 0 and self.sapo_tau_neg > 0,
+          f"sapo_tau_pos={self.sapo_tau_pos} and sapo_tau_neg={self.sapo_tau_neg} must be > 0")
+        c(self.entropy_coef >= 0, f"entropy_coef={self.entropy_coef} must be >= 0 (a bonus)")
+        c(self.cov_mode in COV_MODES, f"cov_mode={self.cov_mode!r} must be one of {COV_MODES}")
+        c(0 < self.clip_cov_fraction <= 1 and 0 < self.kl_cov_fraction <= 1,
+          f"clip_cov_fraction={self.clip_cov_fraction} and kl_cov_fraction={self.kl_cov_fraction} must be in (0, 1]")
+        c(self.clip_cov_low < self.clip_cov_high,
+          f"clip_cov_low={self.clip_cov_low} must be < clip_cov_high={self.clip_cov_high}")
+        c(self.kl_cov_coef >= 0, f"kl_cov_coef={self.kl_cov_coef} must be >= 0")
+        c(self.rollout_is in ROLLOUT_IS_MODES, f"rollout_is={self.rollout_is!r} must be one of {ROLLOUT_IS_MODES}")
+        c(0 <= self.rollout_is_low <= 1 <= self.rollout_is_high,
+          f"rollout_is_low={self.rollout_is_low} <= 1 <= rollout_is_high={self.rollout_is_high} must hold")
+        c(self.rollout_is == "none" or self.recompute_old_logps,
+          f"rollout_is={self.rollout_is!r} needs recompute_old_logps=True (the trainer's own old log-probs)")

@@ -186,3 +186,37 @@ def test_eval_phase_through_the_engine_scores_like_the_static_sampler(reference,
                     rollout="paged")
     with pytest.raises(ValueError, match="rollout='paged'"):
         bad.run(ctx, None, None)
+
+
+def test_evaluation_and_rejection_sampling_score_in_the_runs_reward_pool(monkeypatch):
+    """EvalPhase and RejectionSamplingPhase take the pool settings RLPhase takes, and the recipes pass the run's."""
+    import types
+
+    from r1jax.phases import sample_phases
+    from r1jax.recipes import r1, r1_zero
+
+    pools = []
+
+    class Pool:
+        def __init__(self, workers, timeout_s):
+            pools.append((workers, timeout_s))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(sample_phases, "RewardPool", Pool)
+    monkeypatch.setattr(sample_phases, "evaluate", lambda *a, **kw: kw["pool"])
+    ctx = types.SimpleNamespace(params=None, model_cfg=CFG, tokenizer=None, rng=lambda: None)
+    settings = SamplingSettings(max_new_tokens=4)
+    pool = dict(reward_workers=3, reward_timeout_s=120.0)
+    for phase in (EvalPhase("e", _problems, TEMPLATE, settings, **pool),
+                  RejectionSamplingPhase("rs", _problems, TEMPLATE, settings, **pool)):
+        assert isinstance(sample_phases.sample_and_score(phase, ctx, []), Pool)
+    assert pools == [(3, 120.0), (3, 120.0)]
+    base = r1_zero.R1ZeroConfig(reward_workers=3, reward_timeout_s=120.0)
+    for runner in (r1_zero.build(base, "unused"), r1.build(r1.R1Config(base=base), "unused")):
+        scoring = [p for p in runner.phases if isinstance(p, (EvalPhase, RejectionSamplingPhase, RLPhase))]
+        assert len(scoring) >= 3 and all((p.reward_workers, p.reward_timeout_s) == (3, 120.0) for p in scoring)

@@ -1,4 +1,5 @@
 """RewardPool isolates failing, hanging and crashing rewards; combine_rewards weights and logs them."""
+import concurrent.futures
 import math
 import os
 import sys
@@ -15,6 +16,7 @@ from r1jax.rewards import (
     format_reward,
     score_in_process,
 )
+from r1jax.rewards.pool import PendingScores
 
 TIMEOUT_S = 1.0
 
@@ -140,3 +142,18 @@ def test_combine_rewards_in_pool_matches_in_process_and_counts_timeouts(pool):
 def test_combine_rewards_rejects_empty_rewards():
     with pytest.raises(ValueError, match="rewards is empty"):
         combine_rewards(["p"], ["c"], {})
+
+
+def test_a_concurrent_futures_timeout_counts_as_a_timeout(monkeypatch):
+    """Before Python 3.11 pebble's timeout, concurrent.futures.TimeoutError, is not the builtin TimeoutError."""
+
+    class FuturesTimeoutError(Exception):  # what concurrent.futures.TimeoutError is on Python 3.10
+        pass
+
+    monkeypatch.setattr(concurrent.futures, "TimeoutError", FuturesTimeoutError)
+    done, late, builtin = (concurrent.futures.Future() for _ in range(3))
+    done.set_result(1.0)
+    late.set_exception(FuturesTimeoutError())
+    builtin.set_exception(TimeoutError())
+    scores = PendingScores([done, late, builtin]).result()
+    assert (scores.values, scores.timeouts, scores.errors) == ([1.0, 0.0, 0.0], 2, 0)

@@ -56,7 +56,7 @@ def test_metrics_have_the_usual_names(tok):
     m = tr.step(_problems("abcd"), jax.random.key(0))
     for name in ("reward/mean", "reward/std", "reward/a", "completion/length_mean", "completion/length_max",
                  "completion/truncated_frac", "kl", "clip_low_frac", "clip_high_frac", "entropy", "grad_norm",
-                 "lr", "throughput/tokens_per_s", "time/step_s", "skipped"):
+                 "lr", "throughput/tokens_per_s", "time/step_s", "skipped", "rollout/logp_abs_diff", "rollout/kl_k3"):
         assert name in m and np.isfinite(m[name]), name
 
 
@@ -72,6 +72,26 @@ def test_dynamic_sampling_drops_flat_groups_and_refills(tok):
     kept = [p.question for p in tr.last_rollout.problems]
     assert asked == [1] and m["groups/sampled"] == 8
     assert m["groups/informative"] >= 4 and "b" not in kept and len(kept) == 4
+
+
+def test_gdpo_normalizes_each_weighted_reward_and_the_overlong_penalty(tok):
+    from r1jax.rl.grpo import gdpo_advantages
+    from r1jax.rl.loop import Rollout
+
+    cfg = ModelConfig.tiny(vocab_size=tok.vocab_size)
+    gcfg = GRPOConfig(group_size=4, prompts_per_step=2, kl_beta=0.0, advantage="gdpo", overlong="soft",
+                      overlong_buffer=2, sampling=SamplingSettings(max_new_tokens=8))
+    rewards = {"a": WeightedReward(share_of_a, 1.0), "b": WeightedReward(flat_for_b, 0.5)}
+    tr = GRPOTrainer(cfg, init_params(cfg, jax.random.key(0)), tok, gcfg, OptimizerConfig(), rewards, TEMPLATE)
+    rng = np.random.default_rng(0)
+    values = {"a": rng.uniform(size=8), "b": rng.integers(0, 2, 8).astype(float)}
+    lengths = np.array([3, 8, 7, 5, 8, 2, 6, 7])
+    r = Rollout(_problems("ab"), [[1], [1]], np.ones((8, 8), np.int32), np.zeros((8, 8), np.float32), lengths,
+                lengths == 8, [""] * 8, values["a"] + 0.5 * values["b"], values, {})
+    pen = overlong_penalty(lengths, 8, 2, 1.0)
+    want = gdpo_advantages(np.stack([values["a"], values["b"], pen]).reshape(3, 2, 4), np.array([1.0, 0.5, 1.0]))
+    np.testing.assert_allclose(np.asarray(tr._batch(r).advantages_B), np.asarray(want).reshape(-1), atol=1e-6)
+    np.testing.assert_array_equal(tr._batch(r).sampler_logps_BxT, r.logps_BxT)
 
 
 def test_overlong_soft_penalty_by_hand():

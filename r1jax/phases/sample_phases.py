@@ -19,7 +19,8 @@ from r1jax.rewards.format import is_well_formed
 
 
 def sample_and_score(phase: Any, ctx: RunContext, problems: Sequence[Problem]):
-    """k samples per problem from the current params with `phase.sampling`, scored in a reward pool.
+    """k samples per problem from the current params with `phase.sampling`, scored in a reward pool
+    of `phase.reward_workers` workers, `phase.reward_timeout_s` seconds per sample (as RLPhase's).
 
     `phase.rollout` picks the sampler: "static" (r1jax.sampling) or "engine" (r1jax.engine, with
     `phase.rollout_slots` decode slots).
@@ -30,7 +31,7 @@ def sample_and_score(phase: Any, ctx: RunContext, problems: Sequence[Problem]):
     sampler = None
     if phase.rollout == "engine":
         sampler = Engine(ctx.model_cfg, pad_id=ctx.tokenizer.pad_id, slots=phase.rollout_slots)
-    with RewardPool(2, 10.0) as pool:
+    with RewardPool(phase.reward_workers, phase.reward_timeout_s) as pool:
         return evaluate(ctx.params, ctx.model_cfg, ctx.tokenizer, problems, settings=phase.sampling,
                         template=phase.template, rng=ctx.rng(), k=phase.k, pool=pool, sampler=sampler)
 
@@ -47,6 +48,8 @@ class EvalPhase:
     k: int = 4
     rollout: str = "static"  # or "engine" (sample_and_score)
     rollout_slots: int = 64
+    reward_workers: int = 2  # the reward pool's, as RLPhase's (the code reward needs a long timeout)
+    reward_timeout_s: float = 10.0
 
     def state_template(self, ctx: RunContext) -> Any:
         return {}
@@ -94,6 +97,8 @@ class RejectionSamplingPhase:
     language: str = "en"
     rollout: str = "static"  # or "engine" (sample_and_score)
     rollout_slots: int = 64
+    reward_workers: int = 2  # the reward pool's, as RLPhase's
+    reward_timeout_s: float = 10.0
 
     def output_path(self, ctx: RunContext) -> str:
         return os.path.join(ctx.workdir, f"{self.name}.jsonl")

@@ -23,7 +23,8 @@ from typing import Any
 
 from r1jax.config import ModelConfig, OptimizerConfig
 from r1jax.data import R1_ZERO
-from r1jax.recipes.r1_zero import R1ZeroConfig, base_corpus, before_after_table, default_rewards, problems
+from r1jax.recipes.r1_zero import (R1ZeroConfig, base_corpus, before_after_table, default_rewards, problems,
+                                   reward_pool)
 
 STAGES = ("student_base", "teacher_traces", "distilled", "rl_only")
 
@@ -68,12 +69,14 @@ def build(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, Any]:
     train, test = problems(d)
     corpus = base_corpus(d, train)
     student = dataclasses.replace(cfg.student, vocab_size=d.vocab_size)
-    evaluation = dict(template=R1_ZERO, sampling=d.grpo.sampling.paper_evaluation(), k=d.eval_k, rollout=d.grpo.rollout)
+    pool = reward_pool(d)
+    evaluation = dict(template=R1_ZERO, sampling=d.grpo.sampling.paper_evaluation(), k=d.eval_k, rollout=d.grpo.rollout,
+                      **pool)
     base_dir, traces_dir = os.path.join(workdir, "student_base"), os.path.join(workdir, "teacher_traces")
     traces = RejectionSamplingPhase("traces", lambda ctx: train[:cfg.trace_problems], R1_ZERO,
                                     sampling=dataclasses.replace(d.grpo.sampling, temperature=cfg.trace_temperature),
                                     k=cfg.trace_k, max_per_problem=cfg.traces_per_problem,
-                                    rollout=d.grpo.rollout)
+                                    rollout=d.grpo.rollout, **pool)
     traces_path = os.path.join(traces_dir, f"{traces.name}.jsonl")
     common = dict(seed=d.seed, checkpoint_every=d.checkpoint_every, **runner_kwargs)
     return {
@@ -100,7 +103,7 @@ def build(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, Any]:
             InitFromPhase(base_dir),
             RLPhase("rl", lambda ctx: train, default_rewards(), R1_ZERO, steps=cfg.rl_steps, grpo=d.grpo,
                     optimizer=d.rl_optimizer, eval_problems=lambda ctx: test, eval_every=d.eval_every,
-                    eval_k=d.eval_k),
+                    eval_k=d.eval_k, **pool),
             EvalPhase("final_eval", lambda ctx: test, **evaluation),
         ], **common),
     }

@@ -20,7 +20,7 @@ import random
 
 from r1jax.config import OptimizerConfig
 from r1jax.data import R1_ZERO, worked_solution
-from r1jax.recipes.r1_zero import R1ZeroConfig, base_phases, problems
+from r1jax.recipes.r1_zero import R1ZeroConfig, base_phases, problems, reward_pool
 
 STAGES = ("base_eval", "cold_start_eval", "reasoning_rl_eval", "sft_eval", "final_eval")
 
@@ -61,10 +61,12 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
             for p in train[:cfg.cold_start_examples]]
     reasoning = {"accuracy": WeightedReward(accuracy_reward, 1.0), "format": WeightedReward(format_reward, 1.0),
                  "language": WeightedReward(language_reward, cfg.language_weight)}
-    ev = dict(template=R1_ZERO, sampling=b.grpo.sampling.paper_evaluation(), k=b.eval_k, rollout=b.grpo.rollout)
+    pool = reward_pool(b)
+    ev = dict(template=R1_ZERO, sampling=b.grpo.sampling.paper_evaluation(), k=b.eval_k, rollout=b.grpo.rollout,
+              **pool)
     rs = RejectionSamplingPhase("rejection_sampling", lambda ctx: train[:cfg.rs_problems], R1_ZERO,
                                 sampling=dataclasses.replace(b.grpo.sampling, temperature=cfg.rs_temperature),
-                                k=cfg.rs_k, rollout=b.grpo.rollout)
+                                k=cfg.rs_k, rollout=b.grpo.rollout, **pool)
     sft = dict(batch_size=b.pretrain_batch, seq_len=b.seq_len, optimizer=cfg.cold_start_optimizer)
     if cfg.sft_from_base:
         phases.append(SnapshotPhase("base"))
@@ -73,7 +75,7 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
         SFTPhase("cold_start", lambda ctx: cold, steps=cfg.cold_start_steps, **sft),
         EvalPhase("cold_start_eval", lambda ctx: test, **ev),
         RLPhase("reasoning_rl", lambda ctx: train, reasoning, R1_ZERO, steps=cfg.rl1_steps, grpo=b.grpo,
-                optimizer=b.rl_optimizer),
+                optimizer=b.rl_optimizer, **pool),
         EvalPhase("reasoning_rl_eval", lambda ctx: test, **ev),
         rs,
         *([RestorePhase("base")] if cfg.sft_from_base else []),
@@ -82,7 +84,7 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
         RLPhase("all_rl", lambda ctx: train, reasoning, R1_ZERO, steps=cfg.rl2_steps,
                 grpo=dataclasses.replace(b.grpo, sampling=dataclasses.replace(b.grpo.sampling,
                                                                               temperature=cfg.rl2_temperature)),
-                optimizer=b.rl_optimizer),
+                optimizer=b.rl_optimizer, **pool),
         EvalPhase("final_eval", lambda ctx: test, **ev),
     ]
     return Runner(workdir, model_cfg, phases, seed=b.seed, checkpoint_every=b.checkpoint_every, **runner_kwargs)

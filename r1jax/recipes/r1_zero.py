@@ -21,6 +21,7 @@ from typing import Any
 
 from r1jax.config import Execution, GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import R1_ZERO, ArithmeticConfig, generate_arithmetic, load_jsonl, worked_solution
+from r1jax.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,8 @@ class R1ZeroConfig:
                                   num_minibatches=2,
                                   kl_beta=0.0, logprob_chunk=96)
     rl_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-5)
+    reward_workers: int = 2  # the reward pool of every phase that scores samples (RL, evaluation, rejection sampling)
+    reward_timeout_s: float = 10.0  # per sample; a code reward needs far more (experiments/code_rl.py: 120)
     eval_every: int = 20
     eval_k: int = 4
     checkpoint_every: int = 20
@@ -94,7 +97,7 @@ def check_config(cfg: R1ZeroConfig, preset: str = "") -> None:
     """Clear errors for settings that cannot run (a real preset without its local files)."""
     where = f"preset {preset!r}: " if preset else ""
     if cfg.pretrain_steps == 0 and not cfg.init_from:
-        raise ValueError(f"{where}set init_from=<local Hugging Face folder> (e.g. a Qwen2.5 download); "
+        raise UsageError(f"{where}set init_from=<local Hugging Face folder> (e.g. a Qwen2.5 download); "
                          "r1jax never downloads weights")
     if cfg.init_from and not os.path.exists(cfg.init_from):
         raise FileNotFoundError(f"init_from={cfg.init_from!r} does not exist")
@@ -103,7 +106,7 @@ def check_config(cfg: R1ZeroConfig, preset: str = "") -> None:
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"{field}={path!r} is not a file")
     if cfg.init_from and not (cfg.train_jsonl and cfg.test_jsonl):
-        raise ValueError(f"{where}a model loaded from init_from needs train_jsonl and test_jsonl "
+        raise UsageError(f"{where}a model loaded from init_from needs train_jsonl and test_jsonl "
                          "(GSM8K or MATH layout JSONL files)")
 
 
@@ -151,19 +154,25 @@ def default_rewards() -> dict[str, Any]:
     return {"accuracy": WeightedReward(accuracy_reward, 1.0), "format": WeightedReward(format_reward, 1.0)}
 
 
+def reward_pool(cfg: R1ZeroConfig) -> dict[str, Any]:
+    """The reward-pool settings every scoring phase of a run takes (RLPhase, EvalPhase, RejectionSamplingPhase)."""
+    return dict(reward_workers=cfg.reward_workers, reward_timeout_s=cfg.reward_timeout_s)
+
+
 def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None, **runner_kwargs):
     """The R1-Zero Runner: base → base_eval → rl → final_eval; `rewards` swaps the reward functions."""
     from r1jax.phases import EvalPhase, RLPhase, Runner
 
     train, test = problems(cfg)
     model_cfg, phases = base_phases(cfg, train)
+    pool = reward_pool(cfg)
     evaluation = dict(template=R1_ZERO, sampling=cfg.grpo.sampling.paper_evaluation(), k=cfg.eval_k,
-                      rollout=cfg.grpo.rollout)
+                      rollout=cfg.grpo.rollout, **pool)
     phases += [
         EvalPhase("base_eval", lambda ctx: test, **evaluation),
         RLPhase("rl", lambda ctx: train, rewards or default_rewards(), R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,
                 optimizer=cfg.rl_optimizer, eval_problems=lambda ctx: test, eval_every=cfg.eval_every,
-                eval_k=cfg.eval_k),
+                eval_k=cfg.eval_k, **pool),
         EvalPhase("final_eval", lambda ctx: test, **evaluation),
     ]
     return Runner(workdir, model_cfg, phases, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, **runner_kwargs)

@@ -95,7 +95,9 @@ class PendingScores:
         for future in self.futures:
             try:
                 value = future.result()
-            except TimeoutError:  # pebble killed the worker after timeout_s
+            # pebble killed the worker after timeout_s; before Python 3.11 pebble's
+            # concurrent.futures.TimeoutError is not the builtin TimeoutError
+            except (TimeoutError, concurrent.futures.TimeoutError):
                 value, timeouts = 0.0, timeouts + 1
             except Exception:  # noqa: BLE001 - the reward raised, its worker died, or pickling failed
                 value, errors = 0.0, errors + 1

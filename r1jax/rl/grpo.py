@@ -1,22 +1,25 @@
 """GRPO's pure pieces: group advantages, clipped ratio loss, KL estimators, aggregation, entropy.
 
 DeepSeek-R1 (arXiv 2501.12948), Eq. 1–3; variants from DAPO (arXiv 2503.14476)
-and Dr. GRPO (arXiv 2503.20783). Shapes: P prompts, G samples each, B = P·G
-rows, T completion tokens, V vocabulary.
+and Dr. GRPO (arXiv 2503.20783). The other policy losses, Clip-Cov / KL-Cov and rollout
+correction are in r1jax.rl.objectives; `grpo_objective` composes them. Shapes: P prompts,
+G samples each, B = P·G rows, T completion tokens, V vocabulary, K reward components.
 """
 from __future__ import annotations
 
+import typing
+from collections.abc import Callable
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-AdvantageMode = Literal["std", "mean", "batch-std", "rloo", "reinforce++"]
+AdvantageMode = Literal["std", "mean", "batch-std", "rloo", "reinforce++", "gdpo"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
 KLEstimator = Literal["k1", "k2", "k3"]
-ADVANTAGE_MODES = ("std", "mean", "batch-std", "rloo", "reinforce++")
-AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k2", "k3")
+ADVANTAGE_MODES: tuple[str, ...] = typing.get_args(AdvantageMode)
+AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
+KL_ESTIMATORS: tuple[str, ...] = typing.get_args(KLEstimator)
 
 
 def group_advantages(rewards_PxG: jax.Array, mode: AdvantageMode = "std",
@@ -29,9 +32,12 @@ def group_advantages(rewards_PxG: jax.Array, mode: AdvantageMode = "std",
     arXiv 2501.03262);
     "rloo": r_i − mean of the group's other G − 1 rewards, = G/(G−1)·(r − mean_group) (leave-one-out,
     Ahmadian et al., arXiv 2402.14740, Eq. 6; G ≥ 2);
-    "reinforce++": (r − mean_batch) / std_batch, no group baseline (arXiv 2501.03262, Eq. 10).
+    "reinforce++": (r − mean_batch) / std_batch, no group baseline (arXiv 2501.03262, Eq. 10);
+    "gdpo": `gdpo_advantages` of the total as its one component ("std", then divided by the batch std).
     In every mode but "reinforce++", a group whose rewards are all equal gets advantage 0 (not NaN).
     """
+    if mode == "gdpo":
+        return gdpo_advantages(rewards_PxG[None], eps=eps)
     rewards_PxG = rewards_PxG.astype(jnp.float32)
     centered_PxG = rewards_PxG - rewards_PxG.mean(axis=1, keepdims=True)
     if mode == "rloo":
@@ -48,6 +54,24 @@ def group_advantages(rewards_PxG: jax.Array, mode: AdvantageMode = "std",
     if mode == "batch-std":
         return centered_PxG / (rewards_PxG.std() + eps)
     raise ValueError(f"advantage mode {mode!r} is not one of {ADVANTAGE_MODES}")
+
+
+def gdpo_advantages(rewards_KxPxG: jax.Array, weights_K: jax.Array | None = None, batch_norm: bool = True,
+                    eps: float = 1e-6) -> jax.Array:
+    """GDPO (arXiv 2601.05242): each of the K reward components normalized within its group, then summed.
+
+    A = Σ_k w_k·(r_k − mean_group r_k) / std_group r_k, then, with `batch_norm`, A / std_batch(A): the
+    paper's batch-wise (A − mean_batch) / std_batch, whose mean is 0 here by construction (every group's
+    sum is centred), so a flat group keeps advantage exactly 0. Weights apply after the normalization
+    (a weight before it would cancel). Returns P×G.
+    """
+    rewards_KxPxG = rewards_KxPxG.astype(jnp.float32)
+    centered_KxPxG = rewards_KxPxG - rewards_KxPxG.mean(axis=2, keepdims=True)
+    normed_KxPxG = centered_KxPxG / (rewards_KxPxG.std(axis=2, keepdims=True) + eps)
+    if weights_K is not None:
+        normed_KxPxG = normed_KxPxG * jnp.asarray(weights_K, jnp.float32)[:, None, None]
+    adv_PxG = normed_KxPxG.sum(axis=0)
+    return adv_PxG / (adv_PxG.std() + eps) if batch_norm else adv_PxG
 
 
 def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, estimator: KLEstimator = "k3",
@@ -139,14 +163,32 @@ def grpo_objective(logp_BxT: jax.Array, old_logp_BxT: jax.Array, ref_logp_BxT: j
                    advantages_B: jax.Array, mask_BxT: jax.Array, *, eps_low: float = 0.2,
                    eps_high: float = 0.2, dual_clip: float | None = None, kl_beta: float = 0.001,
                    kl_estimator: KLEstimator = "k3", aggregation: Aggregation = "seq-mean-token-mean",
-                   max_len: int | None = None, token_count: jax.Array | None = None
+                   max_len: int | None = None, token_count: jax.Array | None = None,
+                   policy_loss: Callable[..., tuple[jax.Array, dict[str, jax.Array]]] | None = None,
+                   is_weights_BxT: jax.Array | None = None, entropy_BxT: jax.Array | None = None,
+                   entropy_coef: float = 0.0,
+                   token_penalty: Callable[..., tuple[jax.Array, dict[str, jax.Array]]] | None = None
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The GRPO loss (negated R1 Eq. 1): clipped surrogate + β·KL, aggregated; with metrics.
+    """The GRPO loss (negated R1 Eq. 1) and its variants, aggregated; with metrics.
 
+    Per token: w_t·ℓ_t (changed by `token_penalty`) + β·KL_t − c·H_t, then `aggregation`. ℓ is
+    `policy_loss(logp, old_logp, advantages, mask)` (r1jax.rl.objectives; default: the clipped ratio
+    loss with eps_low/eps_high/dual_clip); w the rollout-correction weights `is_weights_BxT` (no
+    gradient); `token_penalty(ℓ, logp, old_logp, advantages, mask)` Clip-Cov or KL-Cov; H the token
+    entropy `entropy_BxT` with c = `entropy_coef` (an entropy bonus). Every per-token indicator the
+    loss or the penalty reports is logged as `<name>_frac`, its "ratio" as `ratio_mean`.
     `token_count`: every token mean's denominator (see `aggregate`), for a micro-batch of a minibatch.
     """
-    pg_BxT, info = clipped_policy_loss(logp_BxT, old_logp_BxT, advantages_B, eps_low, eps_high,
-                                       dual_clip)
+    if policy_loss is None:
+        pg_BxT, info = clipped_policy_loss(logp_BxT, old_logp_BxT, advantages_B, eps_low, eps_high, dual_clip)
+    else:
+        pg_BxT, info = policy_loss(logp_BxT, old_logp_BxT, advantages_B, mask_BxT)
+    info = dict(info)
+    if is_weights_BxT is not None:
+        pg_BxT = pg_BxT * jax.lax.stop_gradient(is_weights_BxT)
+    if token_penalty is not None:
+        pg_BxT, more = token_penalty(pg_BxT, logp_BxT, old_logp_BxT, advantages_B, mask_BxT)
+        info.update(more)
 
     def token_mean(x_BxT):
         return aggregate(x_BxT, mask_BxT, "token-mean", token_count=token_count)
@@ -157,8 +199,11 @@ def grpo_objective(logp_BxT: jax.Array, old_logp_BxT: jax.Array, ref_logp_BxT: j
         kl_BxT = kl_penalty(logp_BxT, ref_logp_BxT, kl_estimator)
         loss_BxT = loss_BxT + kl_beta * kl_BxT
         metrics["kl"] = token_mean(kl_BxT)
-    for name in ("clip_low", "clip_high", "clip_dual"):
-        if name in info:
-            metrics[f"{name}_frac"] = token_mean(info[name])
-    metrics["ratio_mean"] = token_mean(info["ratio"])
+    if entropy_BxT is not None and entropy_coef:
+        loss_BxT = loss_BxT - entropy_coef * entropy_BxT.astype(jnp.float32)
+    for name, flags_BxT in info.items():
+        if name != "ratio":
+            metrics[f"{name}_frac"] = token_mean(flags_BxT)
+    if "ratio" in info:
+        metrics["ratio_mean"] = token_mean(info["ratio"])
     return aggregate(loss_BxT, mask_BxT, aggregation, max_len, token_count), metrics

@@ -27,7 +27,8 @@ from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
 from r1jax.data import Problem
 from r1jax.engine import Engine
 from r1jax.rewards import RewardPool, WeightedReward, combine_rewards
-from r1jax.rl.grpo import group_advantages
+from r1jax.rl.grpo import gdpo_advantages, group_advantages
+from r1jax.rl.objectives import PolicyLossFn
 from r1jax.sampling import Sampler, left_pad
 from r1jax.tokenizer import Tokenizer, tokenizer_stop_ids
 from r1jax.train.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn
@@ -81,7 +82,7 @@ class GRPOTrainer:
                  opt_cfg: OptimizerConfig, rewards: Mapping[str, WeightedReward], template: Any,
                  pool: RewardPool | None = None, add_bos: bool = True, prompt_bucket: int = 32,
                  post_update: Callable[[TrainState, dict], TrainState] | None = None, seed: int = 0,
-                 mesh: Mesh | None = None):
+                 mesh: Mesh | None = None, policy_loss: PolicyLossFn | None = None):
         self.cfg, self.tok, self.rewards, self.template, self.pool = cfg, tokenizer, rewards, template, pool
         self.add_bos = add_bos
         self.sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
@@ -109,7 +110,7 @@ class GRPOTrainer:
             self.state = sharding.place(self.state, mesh, model_cfg)
             state_sharding = sharding.tree_shardings(self.state, mesh, cfg=model_cfg)
         self.ref_params = jax.tree.map(jnp.copy, self.state.params) if cfg.kl_beta else None
-        self._update = make_grpo_step(self.sampler.model, self.tx, cfg, post_update, state_sharding)
+        self._update = make_grpo_step(self.sampler.model, self.tx, cfg, post_update, state_sharding, policy_loss)
         self._logps = make_logps_fn(self.sampler.model, cfg.logprob_chunk, cfg.num_minibatches * cfg.grad_accum)
         self.seed = seed
         self.rl_step = 0
@@ -170,13 +171,29 @@ class GRPOTrainer:
         loss_mask_BxT = completion_mask_BxT.astype(np.float32)
         if self.cfg.overlong == "mask":
             loss_mask_BxT = loss_mask_BxT * ~r.truncated_B[:, None]
-        adv_B = np.asarray(group_advantages(jnp.asarray(r.rewards_B.reshape(-1, g)), self.cfg.advantage)).reshape(-1)
+        adv_B = np.asarray(self._advantages(r)).reshape(-1)
         return GRPOBatch(
             prompt_BxP=np.repeat(prompt_PxL, g, axis=0),
             prompt_mask_BxP=np.repeat(prompt_mask_PxL, g, axis=0),
             completion_BxT=np.asarray(r.completion_BxT), completion_mask_BxT=completion_mask_BxT,
             loss_mask_BxT=np.asarray(loss_mask_BxT, np.float32), old_logps_BxT=np.asarray(r.logps_BxT),
-            ref_logps_BxT=np.zeros(r.logps_BxT.shape, np.float32), advantages_B=np.asarray(adv_B, np.float32))
+            ref_logps_BxT=np.zeros(r.logps_BxT.shape, np.float32), advantages_B=np.asarray(adv_B, np.float32),
+            sampler_logps_BxT=np.asarray(r.logps_BxT, np.float32))
+
+    def _advantages(self, r: Rollout) -> jax.Array:
+        """P×G advantages of the rollout's rewards; "gdpo" normalizes each weighted reward (and the
+        soft overlong penalty, a component of its own) within its group before summing."""
+        g, cfg = self.cfg.group_size, self.cfg
+        if cfg.advantage != "gdpo":
+            return group_advantages(jnp.asarray(r.rewards_B.reshape(-1, g)), cfg.advantage)
+        parts = [np.asarray(r.values[name], np.float64) for name in self.rewards]
+        weights = [float(self.rewards[name].weight) for name in self.rewards]
+        if cfg.overlong == "soft":
+            parts.append(overlong_penalty(r.lengths_B, cfg.sampling.max_new_tokens, cfg.overlong_buffer,
+                                          cfg.overlong_penalty))
+            weights.append(1.0)
+        rewards_KxPxG = jnp.asarray(np.stack(parts).reshape(len(parts), -1, g))
+        return gdpo_advantages(rewards_KxPxG, jnp.asarray(weights), batch_norm=cfg.gdpo_batch_norm)
 
     # --------------------------------------------------------------------- step
     def step(self, problems: Sequence[Problem], rng: jax.Array,
@@ -204,7 +221,9 @@ class GRPOTrainer:
             batch = batch.replace(old_logps_BxT=self._logps(self.state.params, batch))
         if self.ref_params is not None:
             batch = batch.replace(ref_logps_BxT=self._logps(self.ref_params, batch))
-        self.state, dev_metrics = self._update(self.state, batch)
+        # the update's randomness (later epochs' minibatches, Clip-Cov's tokens): a function of (seed, step)
+        key = jax.random.fold_in(jax.random.key(self.seed), self.rl_step)
+        self.state, dev_metrics = self._update(self.state, batch, key)
         dev_metrics = sharding.to_host(dev_metrics)
         self.rl_step += 1
         if cfg.ref_refresh_every and self.ref_params is not None and self.rl_step % cfg.ref_refresh_every == 0:

@@ -15,7 +15,7 @@ import dataclasses
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run
 from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import R1_ZERO
 
@@ -84,4 +84,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -19,8 +19,9 @@ import json
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run
 from r1jax.config import SamplingSettings
+from r1jax.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +53,17 @@ def main(argv=None) -> int:
     from r1jax.rewards import RewardPool
     from r1jax.tokenizer import Tokenizer
 
-    with Checkpointer(os.path.join(args.workdir, "checkpoints")) as ckpt:
-        if ckpt.latest_step() is None:
-            raise SystemExit(f"{args.workdir}: no checkpoint to evaluate")
-        saved, meta = ckpt.restore()
+    ckpt_dir = os.path.join(args.workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise UsageError(f"--workdir {args.workdir}: no checkpoints/ folder (not a directory written by an "
+                         "experiment, or the run has not saved yet)")
+    with Checkpointer(ckpt_dir) as ckpt:
+        saved, meta = ckpt.restore() if ckpt.latest_step() is not None else (None, None)
+    if saved is None:
+        raise UsageError(f"--workdir {args.workdir}: no checkpoint to evaluate in {ckpt_dir}")
     if "model" not in meta or not saved.get("params"):
-        raise SystemExit(f"{args.workdir}: the latest checkpoint holds no model (phase {meta.get('phase_name')!r})")
+        raise UsageError(f"--workdir {args.workdir}: the latest checkpoint holds no model "
+                         f"(phase {meta.get('phase_name')!r})")
     model_cfg = ModelConfig.from_dict(meta["model"])
     tok = Tokenizer.load(os.path.join(args.workdir, "tokenizer.model"))
     if args.data:
@@ -68,7 +74,7 @@ def main(argv=None) -> int:
     elif cfg.task == "countdown":
         problems = data.generate_countdown(data.CountdownConfig(), "test", cfg.problems, cfg.seed)
     else:
-        raise SystemExit(f"task={cfg.task!r}: choose arithmetic or countdown, or pass --data")
+        raise UsageError(f"task={cfg.task!r}: choose arithmetic or countdown, or pass --data")
     mesh = sharding.make_mesh(args.mesh) if args.mesh else sharding.single_device_mesh()
     with RewardPool(2, 10.0) as pool, sharding.use_mesh(mesh):
         params = sharding.place(saved["params"], mesh, model_cfg)
@@ -80,4 +86,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -15,6 +15,8 @@ import random
 import sys
 import time
 
+from r1jax.cli import run
+
 
 def share_of_a(prompts, completions, **_):
     """Reward: fraction of characters that are 'a'."""
@@ -63,4 +65,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

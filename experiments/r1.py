@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, save_summary
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run, save_summary
 from r1jax.recipes import r1
 
 
@@ -30,4 +30,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

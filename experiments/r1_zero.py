@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run
 from r1jax.recipes import r1_zero
 
 
@@ -35,4 +35,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -1,15 +1,19 @@
-"""Command-line plumbing shared by experiment files: `--set a.b=value` overrides of frozen dataclasses."""
+"""Command-line plumbing shared by experiment files: `--set a.b=value` overrides of frozen dataclasses,
+and `run`, which turns bad input into one line `error: …` and exit status 2."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import sys
 import types
 import typing
-from typing import Any
+from typing import Any, Callable
+
+from r1jax.errors import UsageError
 
 
-class OverrideError(ValueError):
+class OverrideError(UsageError):
     """An override names no field, or its value does not parse as the field's type."""
 
 
@@ -124,3 +128,22 @@ def save_summary(workdir: str, markdown: str) -> str:
     with open(path, "w") as f:
         f.write(markdown.rstrip("\n") + "\n")
     return path
+
+
+def run(main: Callable[[], int | None], prog: str | None = None) -> int:
+    """`main()`'s exit status; bad input (UsageError, a missing file) ends as one stderr line and status 2.
+
+    Experiments call `sys.exit(cli.run(main))`. Programming errors are not caught: they raise with
+    their traceback. R1JAX_TRACEBACK=1 re-raises bad input too, to see where it was found.
+    """
+    try:
+        return main() or 0
+    except (UsageError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        if os.environ.get("R1JAX_TRACEBACK") not in (None, "", "0"):
+            raise
+        if isinstance(e, OSError) and e.filename and e.strerror:  # open()'s own: "[Errno 2] … 'path'"
+            message = f"{e.filename}: {e.strerror}"
+        else:
+            message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prog or os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr, flush=True)
+        return 2

@@ -28,12 +28,12 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm import tqdm  # std bars: tqdm.auto needs ipywidgets in a notebook kernel
 
 from r1jax.config import ModelConfig, SamplingSettings
 from r1jax.sharding import to_host
 from r1jax.data import Problem, batch_columns, load_jsonl
 from r1jax.engine import Engine
+from r1jax.metrics import progress
 from r1jax.rewards.accuracy import as_fraction
 from r1jax.rewards import (RewardFn, RewardPool, WeightedReward, accuracy_reward, combine_rewards, countdown_reward,
                            format_reward)
@@ -227,8 +227,8 @@ def sample_completions(sampler: Sampler | Engine, params: Any, tokenizer: Tokeni
     starts = range(0, len(prompt_ids), batch_size)
     texts: list[str] = []
     lengths, truncated = [], []
-    quiet = True if len(starts) == 1 else None  # None: tqdm shows only on a terminal (quiet under pytest)
-    for b, start in enumerate(tqdm(starts, desc="evaluate", unit="batch", disable=quiet)):
+    shown = False if len(starts) == 1 else None  # None: metrics.progress's default policy
+    for b, start in enumerate(progress(starts, "evaluate", unit="batch", enabled=shown)):
         chunk = prompt_ids[start:start + batch_size]
         padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
         out = sampler.generate(params, padded, jax.random.fold_in(rng, b), group_size=k, settings=settings)

@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from r1jax.config import ModelConfig
+from r1jax.errors import UsageError
 from r1jax.hf_config import (  # noqa: F401  re-exported: the config.json half of the converter
     ARCHITECTURES, architecture, config_from_hf, config_to_hf, rope_scaling_from_hf)
 from r1jax.model.moe import is_moe_layer
@@ -242,13 +243,41 @@ def params_to_hf(cfg: ModelConfig, params: Any, dtype: Any = None) -> dict[str, 
 # ---------------------------------------------------------------- folders
 
 
+class HFFileError(UsageError):
+    """A Hugging Face folder's file that r1jax cannot read; the message names the file."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HFFileError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HFFileError(f"{path}: not valid JSON ({e})") from None
+
+
+@contextlib.contextmanager
+def _open_tensors(file: Path):
+    """safetensors' safe_open, its errors (a truncated or corrupt file) naming the file."""
+    try:
+        handle = safe_open(file, framework="np")
+    except FileNotFoundError:
+        raise HFFileError(f"{file}: not found (listed in {INDEX_FILE}?)") from None
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise HFFileError(f"{file}: not a readable safetensors file ({e}); re-download or re-export it") from None
+    with handle as f:
+        yield f
+
+
 def _tensor_files(folder: Path) -> dict[str, Path]:
     """Tensor name → the safetensors file holding it (index.json if present, else model.safetensors)."""
     if (folder / INDEX_FILE).exists():
-        weight_map = json.loads((folder / INDEX_FILE).read_text())["weight_map"]
-        return {name: folder / file for name, file in weight_map.items()}
+        index = _read_json(folder / INDEX_FILE)
+        if not isinstance(index.get("weight_map"), dict):
+            raise HFFileError(f"{folder / INDEX_FILE}: no 'weight_map' object")
+        return {name: folder / file for name, file in index["weight_map"].items()}
     if (folder / SINGLE_FILE).exists():
-        with safe_open(folder / SINGLE_FILE, framework="np") as f:
+        with _open_tensors(folder / SINGLE_FILE) as f:
             return {name: folder / SINGLE_FILE for name in f.keys()}
     raise FileNotFoundError(f"{folder} has neither {SINGLE_FILE} nor {INDEX_FILE}")
 
@@ -256,23 +285,36 @@ def _tensor_files(folder: Path) -> dict[str, Path]:
 def load_hf(folder: str | Path, **overrides: Any) -> tuple[ModelConfig, dict[str, Any]]:
     """(ModelConfig, params) from a local HF folder; `overrides` go to the ModelConfig (e.g. param_dtype)."""
     folder = Path(folder)
-    hf_config = json.loads((folder / "config.json").read_text())
-    cfg = config_from_hf(hf_config, **overrides)
+    hf_config = _read_json(folder / "config.json")
+    try:
+        cfg = config_from_hf(hf_config, **overrides)
+    except (ValueError, KeyError, TypeError) as e:
+        raise HFFileError(f"{folder / 'config.json'}: {e if not isinstance(e, KeyError) else f'no field {e}'}"
+                          ) from None
     files = _tensor_files(folder)
     shapes = {}
     for file in sorted(set(files.values())):
-        with safe_open(file, framework="np") as f:
+        with _open_tensors(file) as f:
             for name in f.keys():
                 if files.get(name) == file:
                     shapes[name] = tuple(f.get_slice(name).get_shape())
     missing_in_files = sorted(set(files) - set(shapes))
     if missing_in_files:
-        raise ValueError(f"index lists tensors absent from their files: {missing_in_files}")
-    check_tensors(cfg, shapes)
+        raise HFFileError(f"{folder / INDEX_FILE} lists tensors absent from their files: {missing_in_files}")
+    try:
+        check_tensors(cfg, shapes)
+    except ValueError as e:
+        raise HFFileError(f"{folder}: {e}") from None
     with contextlib.ExitStack() as stack:
-        handles = {file: stack.enter_context(safe_open(file, framework="np")) for file in set(files.values())}
-        params = _build_params(cfg, lambda name: handles[files[name]].get_tensor(name),
-                               bool(hf_config.get("rope_interleave", True)))
+        handles = {file: stack.enter_context(_open_tensors(file)) for file in set(files.values())}
+
+        def read(name):
+            try:
+                return handles[files[name]].get_tensor(name)
+            except Exception as e:  # a file cut short after its header
+                raise HFFileError(f"{files[name]}: cannot read tensor {name!r} ({e})") from None
+
+        params = _build_params(cfg, read, bool(hf_config.get("rope_interleave", True)))
     return cfg, params
 
 

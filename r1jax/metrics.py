@@ -219,28 +219,99 @@ def plot_metrics(jsonl_path: str | os.PathLike, keys: Iterable[str],
     return list(series)
 
 
-def _progress_default() -> bool:
-    """Bars show on a terminal of process 0, not in CI; R1JAX_PROGRESS=1/0 overrides."""
+def _progress_default() -> str:
+    """'bar' on a terminal of process 0, 'lines' off one, 'off' in CI and on other processes;
+    R1JAX_PROGRESS overrides: bar (or 1), lines, 0 (or off/false)."""
     forced = os.environ.get("R1JAX_PROGRESS")
     if forced is not None:
-        return forced not in ("", "0", "false", "False")
+        forced = forced.strip().lower()
+        return ("bar" if forced in ("bar", "1", "true", "on") else "lines" if forced == "lines" else "off")
     if os.environ.get("CI") or jax.process_index() != 0:
-        return False
-    return sys.stderr.isatty()
+        return "off"
+    return "bar" if sys.stderr.isatty() else "lines"
 
 
 def progress(iterable: Iterable | int | None = None, desc: str | None = None, *,
-             total: int | None = None, enabled: bool | None = None, **kwargs) -> tqdm.tqdm:
+             total: int | None = None, enabled: bool | None = None, **kwargs) -> tqdm.tqdm | LogLines:
     """A tqdm bar over `iterable`, or a manual one (`.update(n)`) when given an int total.
 
-    Quiet when stderr is not a terminal, in CI or on processes other than 0,
-    unless `enabled=True` (or R1JAX_PROGRESS=1); iterating still works when quiet.
+    A bar on a terminal of process 0; off a terminal (nohup, SLURM, `| tee`) plain `LogLines` instead, a
+    line at the start, every 30 s and at the end; nothing in CI or on other processes. `enabled=True`
+    forces the bar, `enabled=False` silence; R1JAX_PROGRESS=bar / lines / 0 overrides the default.
+    Iterating works whatever is shown.
     """
     if isinstance(iterable, int):
         iterable, total = None, iterable
-    enabled = _progress_default() if enabled is None else enabled
-    return tqdm.tqdm(iterable, desc=desc, total=total, disable=not enabled,
-                     dynamic_ncols=True, **kwargs)
+    mode = ("bar" if enabled else "off") if enabled is not None else _progress_default()
+    if mode == "lines":
+        return LogLines(iterable, desc, total=total, initial=kwargs.get("initial", 0), unit=kwargs.get("unit", "it"))
+    return tqdm.tqdm(iterable, desc=desc, total=total, disable=mode != "bar", dynamic_ncols=True, **kwargs)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class LogLines:
+    """Progress as plain lines for a log file: `[desc] n/total (pct) rate, elapsed, ETA, metrics`.
+
+    The tqdm subset the phases use (iteration, update, set_postfix, refresh, close). A line at the
+    start, then at most one every `every_s` seconds, and one at close.
+    """
+
+    def __init__(self, iterable: Iterable | None = None, desc: str | None = None, *, total: int | None = None,
+                 initial: int = 0, unit: str = "it", every_s: float = 30.0, file: Any = None):
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        self.iterable, self.desc, self.total, self.unit, self.every_s = iterable, desc or "progress", total, unit, every_s
+        self.n = self._start_n = initial
+        self.file, self.postfix, self.disable, self._closed = file, {}, False, False
+        self._t0 = self._last = time.monotonic()
+        self._write("started" if not initial else f"resumed at {initial}")
+
+    def __iter__(self):
+        for item in self.iterable if self.iterable is not None else ():
+            yield item
+            self.update(1)
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self._last >= self.every_s:
+            self._write()
+
+    def set_postfix(self, values: Mapping[str, Any] | None = None, refresh: bool = False, **more: Any) -> None:
+        self.postfix = {**(values or {}), **more}
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._write("done")
+
+    def line(self, note: str = "") -> str:
+        """The current progress line."""
+        now = time.monotonic()
+        elapsed, done = now - self._t0, self.n - self._start_n
+        parts = [f"[{self.desc}]", f"{self.n}/{self.total}" if self.total else f"{self.n}"]
+        if self.total:
+            parts.append(f"({100 * self.n / self.total:.0f}%)")
+        if done > 0 and elapsed > 0:
+            rate = done / elapsed
+            parts.append(f"{rate:.3g} {self.unit}/s" if rate >= 1 else f"{1 / rate:.3g} s/{self.unit}")
+        parts.append(f"elapsed {_duration(elapsed)}")
+        if done > 0 and self.total and self.n < self.total:
+            parts.append(f"ETA {_duration((self.total - self.n) * elapsed / done)}")
+        parts += [f"{k}={v}" for k, v in self.postfix.items()]
+        return " ".join(parts + ([note] if note else []))
+
+    def _write(self, note: str = "") -> None:
+        self._last = time.monotonic()
+        print(self.line(note), file=self.file or sys.stderr, flush=True)
 
 
 def show_metrics(bar: tqdm.tqdm, metrics: Mapping[str, Any]) -> None:

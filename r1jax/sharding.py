@@ -40,6 +40,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from r1jax.config import ModelConfig
+from r1jax.errors import UsageError
 from r1jax.logical import (BATCH_AXES, DEFAULT_AXES, MESH_AXES, RULES, constrain, logical_rules, logical_to_spec,
                            param_rules)
 from r1jax.model import Cache, init_params, map_cache, param_logical_axes
@@ -49,7 +50,7 @@ __all__ = ["BATCH_AXES", "DEFAULT_AXES", "MESH_AXES", "RULES", "constrain", "log
 
 
 def parse_mesh(spec: str | None, num_devices: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """(axis sizes, axis names) of a mesh spec over `num_devices` devices; ValueError naming the spec."""
+    """(axis sizes, axis names) of a mesh spec over `num_devices` devices; UsageError naming the spec."""
     if spec is None or not spec.strip():
         return (num_devices,), DEFAULT_AXES[1]
     text = spec.strip()
@@ -58,39 +59,39 @@ def parse_mesh(spec: str | None, num_devices: int) -> tuple[tuple[int, ...], tup
         for part in text.split(","):
             name, sep, size = part.partition("=")
             if not sep:
-                raise ValueError(f"mesh {spec!r}: {part!r} is not name=size (write all axes named or none)")
+                raise UsageError(f"mesh {spec!r}: {part!r} is not name=size (write all axes named or none)")
             names.append(name.strip())
             sizes.append(size.strip())
         unknown = [n for n in names if n not in MESH_AXES]
         if unknown:
-            raise ValueError(f"mesh {spec!r}: unknown axis name(s) {unknown}; known: {list(MESH_AXES)}")
+            raise UsageError(f"mesh {spec!r}: unknown axis name(s) {unknown}; known: {list(MESH_AXES)}")
         if len(set(names)) != len(names):
-            raise ValueError(f"mesh {spec!r}: an axis is named twice")
+            raise UsageError(f"mesh {spec!r}: an axis is named twice")
     else:
         sizes = [s.strip() for s in text.lower().split("x")]
         if len(sizes) not in DEFAULT_AXES:
-            raise ValueError(f"mesh {spec!r}: {len(sizes)} axes; unnamed meshes have 1 to {len(DEFAULT_AXES)} "
+            raise UsageError(f"mesh {spec!r}: {len(sizes)} axes; unnamed meshes have 1 to {len(DEFAULT_AXES)} "
                              f"(name them, e.g. 'data=2,fsdp=4')")
         names = list(DEFAULT_AXES[len(sizes)])
     try:
         shape = [int(s) for s in sizes]
     except ValueError:
-        raise ValueError(f"mesh {spec!r}: axis sizes must be integers (or one -1), got {sizes}") from None
+        raise UsageError(f"mesh {spec!r}: axis sizes must be integers (or one -1), got {sizes}") from None
     if any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh {spec!r}: axis sizes must be positive (or one -1), got {shape}")
+        raise UsageError(f"mesh {spec!r}: axis sizes must be positive (or one -1), got {shape}")
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh {spec!r}: at most one axis may be -1")
+        raise UsageError(f"mesh {spec!r}: at most one axis may be -1")
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if num_devices % known:
-            raise ValueError(f"mesh {spec!r}: {num_devices} devices do not divide by the fixed sizes' product {known}")
+            raise UsageError(f"mesh {spec!r}: {num_devices} devices do not divide by the fixed sizes' product {known}")
         shape[shape.index(-1)] = num_devices // known
     if math.prod(shape) != num_devices:
         hint = ""
         if math.prod(shape) > num_devices and jax.default_backend() == "cpu":
             hint = (f"; on CPU set JAX_NUM_CPU_DEVICES={math.prod(shape)} (or XLA_FLAGS="
                     f"--xla_force_host_platform_device_count={math.prod(shape)}) before starting")
-        raise ValueError(f"mesh {spec!r} needs {math.prod(shape)} devices ({dict(zip(names, shape))}) "
+        raise UsageError(f"mesh {spec!r} needs {math.prod(shape)} devices ({dict(zip(names, shape))}) "
                          f"but {num_devices} are available{hint}")
     return tuple(shape), tuple(names)
 
@@ -209,14 +210,14 @@ def data_devices(mesh: Mesh) -> int:
 
 
 def check_rows(rows: int, mesh: Mesh | None, what: str, fix: str) -> None:
-    """ValueError unless `rows` split evenly over the mesh's data-like axes (else every device would not
+    """UsageError unless `rows` split evenly over the mesh's data-like axes (else every device would not
     hold its own rows: XLA replicates the work instead, silently)."""
     if mesh is None:
         return
     n = data_devices(mesh)
     if rows % n:
         axes = {a: mesh.shape[a] for a in BATCH_AXES if a in mesh.shape}
-        raise ValueError(f"{what} has {rows} rows, which do not split over the {n} devices of the mesh's "
+        raise UsageError(f"{what} has {rows} rows, which do not split over the {n} devices of the mesh's "
                          f"data-like axes {axes}: {fix}")
 
 

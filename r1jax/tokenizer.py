@@ -14,11 +14,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from r1jax.errors import UsageError
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 REASONING_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UsageError):
     """A tokenizer file or request that r1jax cannot use."""
 
 

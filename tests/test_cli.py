@@ -1,8 +1,18 @@
-"""Command-line overrides of frozen config dataclasses."""
+"""Command-line overrides of frozen config dataclasses, and entry points' one-line errors on bad input."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
 import pytest
 
-from r1jax.cli import OverrideError, apply_overrides
+from r1jax.cli import OverrideError, apply_overrides, run
 from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
+from r1jax.data import load_jsonl
+from r1jax.errors import UsageError
+from r1jax.hf import load_hf, save_hf
+from r1jax.model import init_params
 
 
 def test_nested_overrides_parse_by_type():
@@ -72,3 +82,71 @@ def test_experiment_config_overrides():
         mod.main(["--preset", "qwen2.5-1.5b"])
     with pytest.raises(FileNotFoundError, match="init_from='/no/such/folder' does not exist"):
         mod.main(["--preset", "qwen2.5-7b", "--set", "init_from=/no/such/folder"])
+
+
+# ------------------------------------------------------------------ entry points: bad input is one line, exit 2
+def test_run_turns_bad_input_into_one_line_and_status_2(capsys, monkeypatch):
+    monkeypatch.delenv("R1JAX_TRACEBACK", raising=False)
+
+    def bad_override():
+        apply_overrides(GRPOConfig(), ["grup_size=4"])
+
+    assert run(bad_override, prog="r1_zero.py") == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("r1_zero.py: error: grup_size: GRPOConfig has no field 'grup_size'")
+
+    def missing_file():
+        open("/nonexistent/train.jsonl")
+
+    assert run(missing_file, prog="x") == 2
+    assert capsys.readouterr().err.strip() == "x: error: /nonexistent/train.jsonl: No such file or directory"
+    assert run(lambda: 0) == 0 and run(lambda: None) == 0
+
+
+def test_run_lets_programming_errors_raise_with_their_traceback(monkeypatch):
+    def bug():
+        return {}["missing"]
+
+    with pytest.raises(KeyError):
+        run(bug)
+    monkeypatch.setenv("R1JAX_TRACEBACK", "1")  # bad input too, to see where it was found
+    with pytest.raises(UsageError):
+        run(lambda: (_ for _ in ()).throw(UsageError("x")))
+
+
+def test_bad_dataset_line_and_truncated_safetensors_name_their_file(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?", "answer": \n')
+    assert run(lambda: load_jsonl(data), prog="r1_zero.py") == 2
+    assert f"r1_zero.py: error: {data}:2: malformed JSON" in capsys.readouterr().err
+
+    cfg = ModelConfig.tiny(qkv_bias=True)
+    save_hf(tmp_path / "hf", cfg, init_params(cfg, jax.random.key(0)))
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a download cut short
+    assert run(lambda: load_hf(tmp_path / "hf"), prog="r1_zero.py") == 2
+    err = capsys.readouterr().err
+    assert f"error: {weights}:" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "hf" / "config.json").write_text("{not json")
+    with pytest.raises(UsageError, match="config.json: not valid JSON"):
+        load_hf(tmp_path / "hf")
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("r1_zero.py", ["--set", "grpo.grup_size=4"], "GRPOConfig has no field 'grup_size'"),
+    ("r1_zero.py", ["--mesh", "3x3", "--set", "pretrain_steps=1"], "mesh '3x3' needs 9 devices"),
+    ("evaluate.py", ["--workdir", "{tmp}"], "no checkpoints/ folder"),
+])
+def test_experiments_end_bad_input_with_one_error_line_and_status_2(tmp_path, script, args, message):
+    root = pathlib.Path(__file__).parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("R1JAX_TRACEBACK", "XLA_FLAGS")}
+    env["JAX_PLATFORMS"] = "cpu"
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if script == "r1_zero.py":
+        argv += ["--workdir", str(tmp_path / "run")]
+    proc = subprocess.run([sys.executable, str(root / "experiments" / script), *argv], capture_output=True,
+                          text=True, cwd=tmp_path, env=env, timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr
+    assert last.startswith(f"{script}: error: ") and message in last, proc.stderr
+    assert "Traceback" not in proc.stderr

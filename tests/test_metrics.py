@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax.metrics import (MetricsWriter, plot_metrics, progress, read_metrics,
+from r1jax.metrics import (LogLines, MetricsWriter, plot_metrics, progress, read_metrics,
                            show_metrics, truncate_after)
 
 
@@ -152,13 +152,41 @@ def test_plot_writes_png_and_skips_missing_keys(tmp_path):
         plot_metrics(tmp_path / "metrics.jsonl", ["absent"], tmp_path / "none.png")
 
 
-def test_progress_is_quiet_off_a_terminal_but_still_iterates(capsys, monkeypatch):
+def test_progress_off_a_terminal_writes_log_lines_and_is_quiet_in_ci(capsys, monkeypatch):
     monkeypatch.delenv("R1JAX_PROGRESS", raising=False)
-    bar = progress(range(5), "quiet")
-    assert bar.disable and list(bar) == [0, 1, 2, 3, 4]
+    monkeypatch.delenv("CI", raising=False)
+    bar = progress(range(5), "rl")  # pytest's stderr is not a terminal: a log file's view
+    assert isinstance(bar, LogLines) and list(bar) == [0, 1, 2, 3, 4]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("[rl] 0/5 (0%)") and lines[0].endswith("started")
+    assert lines[-1].startswith("[rl] 5/5 (100%)") and lines[-1].endswith("done") and len(lines) == 2
     monkeypatch.setenv("CI", "true")
+    quiet = progress(range(3))
+    assert quiet.disable and list(quiet) == [0, 1, 2]
+    monkeypatch.setenv("R1JAX_PROGRESS", "0")
+    monkeypatch.delenv("CI")
     assert progress(range(3)).disable
     assert capsys.readouterr().err == ""
+
+
+def test_log_lines_report_rate_eta_and_metrics_at_most_every_interval():
+    out = io.StringIO()
+    lines = LogLines(desc="pretrain", total=100, initial=10, unit="step", every_s=3600.0, file=out)
+    for _ in range(20):
+        lines.update(1)  # within the interval: no line
+    assert out.getvalue().count("\n") == 1 and "resumed at 10" in out.getvalue()
+    show_metrics(lines, {"loss": np.float32(1.23456)})
+    lines._t0 -= 10.0  # 20 steps in 10 s
+    text = lines.line()
+    assert text.startswith("[pretrain] 30/100 (30%)") and "loss=1.235" in text
+    rate = float(text.split(" step/s")[0].split()[-1])
+    assert rate == pytest.approx(2.0, rel=0.05)
+    assert "ETA 0m35s" in text  # 70 steps left at 2 steps/s
+    lines.every_s = 0.0
+    lines.update(1)
+    lines.close()
+    lines.close()
+    assert out.getvalue().count("\n") == 3 and out.getvalue().rstrip().endswith("done")
 
 
 def test_progress_shows_desc_and_metrics_when_asked(monkeypatch):

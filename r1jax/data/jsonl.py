@@ -13,13 +13,14 @@ import os
 from typing import Any
 
 from r1jax.data.problems import Problem
+from r1jax.errors import UsageError
 from r1jax.text import last_boxed
 
 LAYOUTS = ("auto", "gsm8k", "math")
 ID_FIELDS = ("id", "unique_id")
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """A dataset file r1jax cannot read; the message names the file and line."""
 
 

@@ -40,7 +40,7 @@ from r1jax.engine import Engine, SamplingSettings
 from r1jax.model import Transformer, init_params
 from r1jax.sampling import Sampler
 from r1jax.sampling_ops import first_argmax
-from r1jax.train.grpo_step import GRPOBatch, make_grpo_step
+from r1jax.rl.grpo_step import GRPOBatch, make_grpo_step
 from r1jax.train.logprobs import chunked_token_logps, hidden_with_aux
 from r1jax.train.optim import init_train_state
 from r1jax.train.sft_step import make_sft_step

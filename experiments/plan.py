@@ -81,7 +81,7 @@ from r1jax.config import GRPOConfig, MLAConfig, ModelConfig, MoEConfig, Optimize
 from r1jax.hf_config import config_from_hf, rope_scaling_from_hf  # noqa: E402
 from r1jax.model import Transformer, init_params  # noqa: E402
 from r1jax.sampling import Sampler  # noqa: E402
-from r1jax.train.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn  # noqa: E402
+from r1jax.rl.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn  # noqa: E402
 from r1jax.train.optim import init_train_state, make_optimizer  # noqa: E402
 
 GIB = 2 ** 30

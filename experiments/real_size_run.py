@@ -113,7 +113,7 @@ def _child_predict(layers: int | None, vocab: int | None, mesh_spec: str, prompt
     from r1jax.phases.runner import abstract_params
     from r1jax.cli import apply_overrides
     from r1jax.recipes import r1_zero
-    from r1jax.train.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn
+    from r1jax.rl.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn
     from r1jax.train.optim import init_train_state, make_optimizer
 
     preset = apply_overrides(r1_zero.PRESETS["qwen2.5-1.5b"], overrides)  # the run's settings, as r1_zero.py

@@ -3,12 +3,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+import typing
+from typing import Any, Literal
 
 import jax.numpy as jnp
 
-from r1jax.rl.grpo import ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS
-from r1jax.rl.objectives import COV_MODES, POLICY_LOSSES, ROLLOUT_IS_MODES
+# The GRPO objective's modes, named once: r1jax.rl.grpo and r1jax.rl.objectives implement them.
+AdvantageMode = Literal["std", "mean", "batch-std", "rloo", "reinforce++", "gdpo"]
+Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
+KLEstimator = Literal["k1", "k2", "k3"]
+PolicyLoss = Literal["ppo-clip", "gspo", "gspo-token", "cispo", "gmpo", "sapo"]
+CovMode = Literal["none", "clip-cov", "kl-cov"]
+RolloutIS = Literal["none", "tis-token", "tis-seq", "mis-token", "mis-seq"]
+ADVANTAGE_MODES: tuple[str, ...] = typing.get_args(AdvantageMode)
+AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
+KL_ESTIMATORS: tuple[str, ...] = typing.get_args(KLEstimator)
+POLICY_LOSSES: tuple[str, ...] = typing.get_args(PolicyLoss)
+COV_MODES: tuple[str, ...] = typing.get_args(CovMode)
+ROLLOUT_IS_MODES: tuple[str, ...] = typing.get_args(RolloutIS)
 
 ROPE_SCALING_KINDS = ("linear", "llama3", "yarn")
 

@@ -9,7 +9,7 @@ import pytest
 from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
 from r1jax.model import Transformer, init_params
 from r1jax.rl.grpo import grpo_objective
-from r1jax.train.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn
+from r1jax.rl.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn
 from r1jax.train.logprobs import completion_logps
 from r1jax.train.optim import init_train_state, learning_rate_schedule, make_optimizer
 

@@ -8,7 +8,7 @@ import pytest
 from r1jax.config import GRPOConfig, SamplingSettings
 from r1jax.model import init_params
 from r1jax.rl import grpo, objectives
-from r1jax.train.grpo_step import epoch_order, make_grpo_step, make_logps_fn
+from r1jax.rl.grpo_step import epoch_order, make_grpo_step, make_logps_fn
 from r1jax.train.optim import init_train_state
 
 from test_grpo_step import CFG, MODEL, _batch

@@ -16,7 +16,7 @@ from r1jax.config import GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig, Sa
 from r1jax.data.packing import Example, pack
 from r1jax.model import Transformer, init_cache, init_params
 from r1jax.sampling import Sampler
-from r1jax.train.grpo_step import GRPOBatch, make_grpo_step
+from r1jax.rl.grpo_step import GRPOBatch, make_grpo_step
 from r1jax.train.optim import init_train_state, make_optimizer
 from r1jax.train.sft_step import make_sft_step
 

@@ -7,19 +7,13 @@ G samples each, B = P·G rows, T completion tokens, V vocabulary, K reward compo
 """
 from __future__ import annotations
 
-import typing
 from collections.abc import Callable
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-AdvantageMode = Literal["std", "mean", "batch-std", "rloo", "reinforce++", "gdpo"]
-Aggregation = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"]
-KLEstimator = Literal["k1", "k2", "k3"]
-ADVANTAGE_MODES: tuple[str, ...] = typing.get_args(AdvantageMode)
-AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
-KL_ESTIMATORS: tuple[str, ...] = typing.get_args(KLEstimator)
+from r1jax.config import (  # noqa: F401  the modes are named once, in the config
+    ADVANTAGE_MODES, AGGREGATIONS, KL_ESTIMATORS, AdvantageMode, Aggregation, KLEstimator)
 
 
 def group_advantages(rewards_PxG: jax.Array, mode: AdvantageMode = "std",

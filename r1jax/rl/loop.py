@@ -31,7 +31,7 @@ from r1jax.rl.grpo import gdpo_advantages, group_advantages
 from r1jax.rl.objectives import PolicyLossFn
 from r1jax.sampling import Sampler, left_pad
 from r1jax.tokenizer import Tokenizer, tokenizer_stop_ids
-from r1jax.train.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn
+from r1jax.rl.grpo_step import GRPOBatch, make_grpo_step, make_logps_fn
 from r1jax.train.optim import TrainState, init_train_state, learning_rate_schedule, make_optimizer
 
 

@@ -13,24 +13,14 @@ Shapes: B rows, T completion tokens; sg = stop-gradient.
 from __future__ import annotations
 
 import functools
-import typing
 from collections.abc import Callable
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from r1jax.config import (  # noqa: F401  the modes are named once, in the config
+    COV_MODES, POLICY_LOSSES, ROLLOUT_IS_MODES, CovMode, GRPOConfig, PolicyLoss, RolloutIS)
 from r1jax.rl.grpo import clipped_policy_loss, kl_penalty
-
-if typing.TYPE_CHECKING:
-    from r1jax.config import GRPOConfig
-
-PolicyLoss = Literal["ppo-clip", "gspo", "gspo-token", "cispo", "gmpo", "sapo"]
-CovMode = Literal["none", "clip-cov", "kl-cov"]
-RolloutIS = Literal["none", "tis-token", "tis-seq", "mis-token", "mis-seq"]
-POLICY_LOSSES: tuple[str, ...] = typing.get_args(PolicyLoss)
-COV_MODES: tuple[str, ...] = typing.get_args(CovMode)
-ROLLOUT_IS_MODES: tuple[str, ...] = typing.get_args(RolloutIS)
 
 Info = dict[str, jax.Array]
 PolicyLossFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, Info]]

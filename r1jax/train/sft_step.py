@@ -14,7 +14,7 @@ divided by the whole batch's token count, so accumulating is exact. The LM head
 runs `chunk` positions at a time (rematerialized when the row has more than one
 chunk), so [B, L, V] logits never exist whole, for the student or the teacher;
 chunk >= L computes them whole and skips the head's recompute. `post_update(state, metrics)` runs
-after the optimizer update, as in `grpo_step`.
+after the optimizer update, as in `r1jax.rl.grpo_step`.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -37,8 +38,9 @@ from r1jax.metrics import progress
 from r1jax.rewards.accuracy import as_fraction
 from r1jax.rewards import (RewardFn, RewardPool, WeightedReward, accuracy_reward, combine_rewards, countdown_reward,
                            format_reward)
+from r1jax.reasoning import check_trace, lenient_answer
 from r1jax.sampling import Sampler
-from r1jax.text import final_answer
+from r1jax.text import final_answer, last_answer_tag
 from r1jax.tokenizer import Tokenizer, tokenizer_stop_ids
 
 TASK_CORRECTNESS: dict[str, RewardFn] = {"countdown": countdown_reward}  # every other task: accuracy_reward
@@ -138,20 +140,46 @@ class ProblemRecord:
     well_formed: list[bool]
     voted: str | None
     voted_correct: bool
+    lenient_answers: list[str | None] = dataclasses.field(default_factory=list)  # r1jax.reasoning.lenient_answer
+    lenient_correct: list[bool] = dataclasses.field(default_factory=list)
+    steps: list[int] = dataclasses.field(default_factory=list)  # one-operation equations stated
+    slips: list[int] = dataclasses.field(default_factory=list)  # of which wrong
+    corrected: list[int] = dataclasses.field(default_factory=list)  # slips fixed after a recheck phrase
+    rechecked: list[bool] = dataclasses.field(default_factory=list)  # a recheck phrase appears
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else math.nan
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(x.mean()) if x.size else math.nan
 
 
 def record_metrics(records: Sequence[ProblemRecord], k: int) -> dict[str, float]:
-    """pass@1, pass@k, cons@k, format rate, answered rate, length and truncation over `records`."""
+    """pass@1, pass@k, cons@k, format rate, answered rate, length and truncation over `records`, and what
+    the reasoning shows (r1jax.reasoning): lenient pass@1 (the answer read even outside the format),
+    accuracy among well-formed completions, the slip rate per stated step, the share of completions with a
+    slip, the self-correction rate (slips fixed after a recheck, over all slips) and the recheck rate.
+    A rate over nothing (no well-formed completion, no slip) is NaN."""
     correct_PxK = np.array([r.correct for r in records], bool)
-    per_sample = lambda name: float(np.mean([x for r in records for x in getattr(r, name)]))  # noqa: E731
+    flat = lambda name: np.asarray([x for r in records for x in getattr(r, name)], np.float64)  # noqa: E731
+    correct, well_formed = flat("correct"), flat("well_formed")
+    steps, slips = flat("steps"), flat("slips")
     return {"pass@1": pass_at_1(correct_PxK),
-               f"pass@{k}": float(np.mean([pass_at_k(k, int(c), k) for c in correct_PxK.sum(axis=1)])),
-               f"cons@{k}": float(np.mean([r.voted_correct for r in records])),
-               "format": per_sample("well_formed"),
-               "answered": float(np.mean([a is not None for r in records for a in r.answers])),
-               "length_mean": per_sample("lengths"),
-               "truncated_frac": per_sample("truncated"),
-               "problems": float(len(records))}
+            f"pass@{k}": float(np.mean([pass_at_k(k, int(c), k) for c in correct_PxK.sum(axis=1)])),
+            f"cons@{k}": float(np.mean([r.voted_correct for r in records])),
+            "format": float(well_formed.mean()),
+            "answered": float(np.mean([a is not None for r in records for a in r.answers])),
+            "length_mean": float(flat("lengths").mean()),
+            "truncated_frac": float(flat("truncated").mean()),
+            "lenient_pass@1": _mean(flat("lenient_correct")),
+            "accuracy_well_formed": _ratio((correct * well_formed).sum(), well_formed.sum()),
+            "slip_rate": _ratio(slips.sum(), steps.sum()),
+            "slipped": _mean(slips > 0),
+            "self_correction_rate": _ratio(flat("corrected").sum(), slips.sum()),
+            "recheck_rate": _mean(flat("rechecked")),
+            "problems": float(len(records))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +285,24 @@ def score_correctness(problems: Sequence[Problem], prompts: Sequence[str], compl
     return (scores_B >= 1.0).reshape(len(problems), k), failures
 
 
+def lenient_correctness(problems: Sequence[Problem], prompts: Sequence[str], completions: Sequence[str], k: int,
+                        correct_PxK: np.ndarray, correctness_fn: RewardFn | None = None,
+                        pool: RewardPool | None = None) -> tuple[list[str | None], np.ndarray, int]:
+    """(lenient answers, their correctness [B], failed scorings): a completion with an `<answer>` tag keeps
+    its strict score; one without is scored, by its task's own check, on the answer its prose commits to."""
+    answers = [lenient_answer(t) for t in completions]
+    correct_B = correct_PxK.reshape(-1).copy()
+    loose = [i for i, t in enumerate(completions) if last_answer_tag(t) is None and answers[i] is not None]
+    failures = 0
+    if loose:
+        picked = [problems[i // k] for i in loose]
+        wrapped = [f"<answer> {answers[i]} </answer>" for i in loose]
+        scored, failures = score_correctness(picked, [prompts[i // k] for i in loose], wrapped, 1, correctness_fn,
+                                             pool)
+        correct_B[loose] = scored[:, 0]
+    return answers, correct_B, failures
+
+
 # ----------------------------------------------------------------------------- entry point
 def evaluate(params: Any, model_cfg: ModelConfig, tokenizer: Tokenizer,
              problems: Sequence[Problem] | str | os.PathLike, *, settings: SamplingSettings, template: Any,
@@ -291,6 +337,10 @@ def evaluate(params: Any, model_cfg: ModelConfig, tokenizer: Tokenizer,
         add_bos=add_bos)
     correct_PxK, failures = score_correctness(problems, prompts, texts, k, correctness_fn, pool)
     well_formed_B = np.asarray(format_reward([p for p in prompts for _ in range(k)], texts)) >= 1.0
+    lenient_B, lenient_correct_B, failed = lenient_correctness(problems, prompts, texts, k, correct_PxK,
+                                                               correctness_fn, pool)
+    failures += failed
+    traces_B = [check_trace(t) for t in texts]
 
     records = []
     for i, p in enumerate(problems):
@@ -303,7 +353,10 @@ def evaluate(params: Any, model_cfg: ModelConfig, tokenizer: Tokenizer,
             id=p.id, task=p.task, question=p.question, gold=p.answer, completions=texts[rows], answers=answers,
             correct=correct_PxK[i].tolist(), lengths=lengths_B[rows].tolist(),
             truncated=truncated_B[rows].tolist(), well_formed=well_formed_B[rows].tolist(),
-            voted=voted, voted_correct=voted_correct))
+            voted=voted, voted_correct=voted_correct, lenient_answers=lenient_B[rows],
+            lenient_correct=lenient_correct_B[rows].tolist(), steps=[len(t.steps) for t in traces_B[rows]],
+            slips=[t.slips for t in traces_B[rows]], corrected=[t.corrected for t in traces_B[rows]],
+            rechecked=[t.rechecks > 0 for t in traces_B[rows]]))
     by_task = {task: record_metrics([r for r in records if r.task == task], k)
                for task in dict.fromkeys(p.task for p in problems)}
     return EvalResult(k=k, metrics=record_metrics(records, k), by_task=by_task, records=records,

@@ -197,6 +197,10 @@ def test_evaluate_metrics_follow_from_the_records(tiny, tmp_path):
     for name in ("pass@1", "pass@4", "cons@4", "format", "answered", "length_mean", "truncated_frac",
                  "toy/pass@1", "toy2/cons@4", "reward_failures"):
         assert isinstance(summary[name], float) and np.isfinite(summary[name]), name
+    for name in ("lenient_pass@1", "accuracy_well_formed", "slip_rate", "slipped", "self_correction_rate",
+                 "recheck_rate", "toy/slip_rate"):  # NaN where there is nothing to rate (no equations here)
+        assert isinstance(summary[name], float), name
+    assert all(len(r.lenient_correct) == len(r.slips) == len(r.rechecked) == 4 for r in result.records)
 
 
 def test_evaluate_is_reproducible_from_rng(tiny):

@@ -37,6 +37,24 @@ def _decode(value: Any) -> Any:
     return _NONFINITE.get(value, value) if isinstance(value, str) else value
 
 
+def encode_nonfinite(tree: Any) -> Any:
+    """A JSON-ready copy of nested dicts/lists with NaN and ±inf floats as strings (strict JSON has none)."""
+    if isinstance(tree, dict):
+        return {k: encode_nonfinite(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [encode_nonfinite(v) for v in tree]
+    return _encode(tree) if isinstance(tree, float) else tree
+
+
+def decode_nonfinite(tree: Any) -> Any:
+    """Inverse of `encode_nonfinite`."""
+    if isinstance(tree, dict):
+        return {k: decode_nonfinite(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [decode_nonfinite(v) for v in tree]
+    return _decode(tree)
+
+
 def _to_float(name: str, value: Any) -> float:
     """A python/numpy/jax scalar as a float; anything else is an error naming it."""
     array = np.asarray(value)

@@ -201,3 +201,13 @@ def test_progress_shows_desc_and_metrics_when_asked(monkeypatch):
     assert "train" in text and "loss=0.1235" in text and "kl=2e-05" in text
     monkeypatch.setenv("R1JAX_PROGRESS", "1")
     assert not progress(range(2)).disable
+
+
+def test_nonfinite_values_round_trip_through_strict_json():
+    from r1jax.metrics import decode_nonfinite, encode_nonfinite
+
+    tree = {"eval": {"pass@1": 0.5, "self_correction_rate": math.nan, "max": math.inf}, "list": [-math.inf, 1, "a"]}
+    text = json.dumps(encode_nonfinite(tree), allow_nan=False)  # what checkpoint meta needs
+    back = decode_nonfinite(json.loads(text))
+    assert back["eval"]["pass@1"] == 0.5 and math.isnan(back["eval"]["self_correction_rate"])
+    assert back["eval"]["max"] == math.inf and back["list"] == [-math.inf, 1, "a"]

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from r1jax import sharding
 from r1jax.checkpoint import Checkpointer
 from r1jax.config import ModelConfig
-from r1jax.metrics import MetricsWriter
+from r1jax.metrics import MetricsWriter, decode_nonfinite, encode_nonfinite
 from r1jax.model import Transformer
 from r1jax.tokenizer import Tokenizer
 
@@ -112,7 +112,7 @@ class RunContext:
         """Checkpoint params and the phase state with its cursor (done: the phase finished)."""
         self.saves += 1
         meta = {"phase_index": self.phase_index, "phase_name": self.phase_name, "done": done,
-                "global_step": self.global_step, "cursor": cursor, "results": self.results,
+                "global_step": self.global_step, "cursor": cursor, "results": encode_nonfinite(self.results),
                 "vocab_size": self.model_cfg.vocab_size, "model": self.model_cfg.to_dict()}
         tree = {"params": {} if self.params is None else self.params, "state": {} if state is None else state,
                 "global_step": jax.numpy.asarray(self.global_step)}
@@ -175,7 +175,7 @@ class Runner:
         if meta is None:
             return 0, None, None
         ctx.saves = ctx.ckpt.latest_step()
-        ctx.global_step, ctx.results = meta["global_step"], meta["results"]
+        ctx.global_step, ctx.results = meta["global_step"], decode_nonfinite(meta["results"])
         if os.path.exists(ctx.tokenizer_path):
             ctx.set_tokenizer(Tokenizer.load(ctx.tokenizer_path))
         elif os.path.exists(os.path.join(ctx.workdir, "tokenizer.json")):  # copied by InitFromPhase

@@ -9,7 +9,9 @@
 Reads the model config, tokenizer and params that the phase runner saved in the
 workdir; samples k completions per problem with `sampling` (default: the paper's
 protocol, temperature 0.6, top-p 0.95, 96 new tokens) and writes per-problem
-records to <workdir>/evaluate.jsonl.
+records to <workdir>/evaluate.jsonl. A workdir written by r1_zero or r1 records its held-out task in
+task.json (the generator's settings, count and seed, or the JSONL file): that is what is evaluated
+unless --data or --set says otherwise.
 """
 from __future__ import annotations
 
@@ -21,18 +23,37 @@ import sys
 
 from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run
 from r1jax.config import SamplingSettings
+from r1jax.data.arithmetic import ArithmeticConfig
 from r1jax.errors import UsageError
+from r1jax.recipes.r1_zero import TASK_FILE
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    task: str = "arithmetic"  # or "countdown"; ignored with --data
+    """What to evaluate on; a workdir's task.json (written by the recipes) gives the run's own task."""
+
+    task: str = "arithmetic"  # or "countdown"; ignored with --data or test_jsonl
     problems: int = 64
-    num_ops: int = 2
-    max_value: int = 9
+    arithmetic: ArithmeticConfig = ArithmeticConfig(num_ops=2, max_value=9, ops=("+", "-"), allow_negative=False)
     k: int = 4
     sampling: SamplingSettings = SamplingSettings.for_evaluation(max_new_tokens=96)
     seed: int = 0
+    test_jsonl: str = ""
+
+    @classmethod
+    def from_task_file(cls, path: str) -> EvalConfig:
+        """The held-out task a run recorded in its workdir (r1jax.recipes.r1_zero.save_task)."""
+        try:
+            with open(path) as f:
+                task = json.load(f)
+            sampling = SamplingSettings.for_evaluation(max_new_tokens=int(task["max_new_tokens"]))
+            if "test_jsonl" in task:
+                return cls(test_jsonl=str(task["test_jsonl"]), sampling=sampling)
+            arithmetic = {k: tuple(v) if isinstance(v, list) else v for k, v in task["arithmetic"].items()}
+            return cls(task=task["task"], problems=int(task["problems"]), arithmetic=ArithmeticConfig(**arithmetic),
+                       seed=int(task["seed"]), sampling=sampling)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{path}: not a task file r1jax can read ({type(e).__name__}: {e})") from None
 
 
 def main(argv=None) -> int:
@@ -42,7 +63,9 @@ def main(argv=None) -> int:
     args = parse_and_launch(parser, argv)
     if args.workdir is None:
         parser.error("--workdir is required (a directory written by an experiment)")
-    cfg = apply_overrides(EvalConfig(), args.overrides)
+    task_file = os.path.join(args.workdir, TASK_FILE)
+    recorded = os.path.exists(task_file) and not args.data
+    cfg = apply_overrides(EvalConfig.from_task_file(task_file) if recorded else EvalConfig(), args.overrides)
 
     import jax
 
@@ -66,11 +89,10 @@ def main(argv=None) -> int:
                          f"(phase {meta.get('phase_name')!r})")
     model_cfg = ModelConfig.from_dict(meta["model"])
     tok = Tokenizer.load(os.path.join(args.workdir, "tokenizer.model"))
-    if args.data:
-        problems = args.data
+    if args.data or cfg.test_jsonl:
+        problems = args.data or cfg.test_jsonl
     elif cfg.task == "arithmetic":
-        problems = data.generate_arithmetic(data.ArithmeticConfig(num_ops=cfg.num_ops, max_value=cfg.max_value,
-                                                                  ops=("+", "-")), "test", cfg.problems, cfg.seed)
+        problems = data.generate_arithmetic(cfg.arithmetic, "test", cfg.problems, cfg.seed)
     elif cfg.task == "countdown":
         problems = data.generate_countdown(data.CountdownConfig(), "test", cfg.problems, cfg.seed)
     else:
@@ -80,6 +102,8 @@ def main(argv=None) -> int:
         params = sharding.place(saved["params"], mesh, model_cfg)
         result = evaluate(params, model_cfg, tok, problems, settings=cfg.sampling, template=data.R1_ZERO,
                           rng=jax.random.key(cfg.seed), k=cfg.k, pool=pool)
+    print(f"evaluated on {args.data or cfg.test_jsonl or f'{cfg.problems} {cfg.task} test problems'}"
+          + (f" (the run's task, {task_file})" if recorded else ""), file=sys.stderr)
     result.write_jsonl(os.path.join(args.workdir, "evaluate.jsonl"))
     print(json.dumps({k: round(v, 4) for k, v in result.summary().items()}, indent=1))
     return 0

@@ -20,7 +20,6 @@ cons@k votes over `answer_fn` answers (default: the last `<answer>`, else `\\box
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -34,6 +33,7 @@ from r1jax.config import ModelConfig, SamplingSettings
 from r1jax.sharding import to_host
 from r1jax.data import Problem, batch_columns, load_jsonl
 from r1jax.engine import Engine
+from r1jax.fileio import atomic_write_jsonl
 from r1jax.metrics import progress
 from r1jax.rewards.accuracy import as_fraction
 from r1jax.rewards import (RewardFn, RewardPool, WeightedReward, accuracy_reward, combine_rewards, countdown_reward,
@@ -225,13 +225,7 @@ class EvalResult:
 
     def write_jsonl(self, path: str | os.PathLike) -> None:
         """One JSON object per problem record (UTF-8), written atomically."""
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in self.records:
-                f.write(json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        atomic_write_jsonl(path, (dataclasses.asdict(record) for record in self.records))
 
 
 # ----------------------------------------------------------------------------- sampling and scoring

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 import tqdm
 
+from r1jax.fileio import atomic_write
+
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -112,10 +114,7 @@ def truncate_after(path: str | os.PathLike, step: int) -> int:
         return 0
     pairs = _parse_lines(path)
     kept = [line for line, record in pairs if record["step"] <= step]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in kept)
-    os.replace(tmp, path)  # atomic: a crash here leaves the old file or the new one
+    atomic_write(path, "".join(line + "\n" for line in kept))
     return len(pairs) - len(kept)
 
 

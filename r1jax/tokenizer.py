@@ -15,6 +15,7 @@ import numpy as np
 import sentencepiece as spm
 
 from r1jax.errors import UsageError
+from r1jax.fileio import atomic_write
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 REASONING_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
@@ -94,12 +95,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the `.model` file atomically (a crash never leaves half a file)."""
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(self._proto)
-        os.replace(tmp, path)
+        atomic_write(path, self._proto)
 
     # ------------------------------------------------------------------- ids
     @property

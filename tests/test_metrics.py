@@ -211,3 +211,20 @@ def test_nonfinite_values_round_trip_through_strict_json():
     back = decode_nonfinite(json.loads(text))
     assert back["eval"]["pass@1"] == 0.5 and math.isnan(back["eval"]["self_correction_rate"])
     assert back["eval"]["max"] == math.inf and back["list"] == [-math.inf, 1, "a"]
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    from r1jax import fileio
+
+    path = tmp_path / "sub" / "out.jsonl"
+    fileio.atomic_write_jsonl(path, [{"a": "é"}, {"b": 2}])
+    assert path.read_text(encoding="utf-8") == '{"a": "é"}\n{"b": 2}\n'
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fileio.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        fileio.atomic_write(path, b"new")
+    assert path.read_text(encoding="utf-8") == '{"a": "é"}\n{"b": 2}\n'  # untouched
+    assert [p.name for p in path.parent.iterdir()] == ["out.jsonl"]  # no temporary left behind

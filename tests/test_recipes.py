@@ -107,3 +107,23 @@ def test_distill_stages_run_and_compare(tmp_path):
     assert "student, distilled" in table and "student, RL alone" in table and "teacher traces kept" in table
     # the distilled student starts from the student base: same tokenizer, same architecture
     assert (workdir / "distilled" / "tokenizer.model").read_bytes() == (teacher / "tokenizer.model").read_bytes()
+
+
+def test_a_run_records_its_task_and_evaluate_reads_back_the_same_problems(tmp_path):
+    from test_experiments import _load
+
+    evaluate = _load("evaluate")
+    cfg = dataclasses.replace(SMOKE, seed=3, test_problems=7)
+    r1_zero.build(cfg, str(tmp_path))  # building the runner records the task; nothing runs
+    recorded = evaluate.EvalConfig.from_task_file(str(tmp_path / r1_zero.TASK_FILE))
+    assert recorded.arithmetic == cfg.task and recorded.problems == 7 and recorded.seed == 3
+    assert recorded.sampling.max_new_tokens == cfg.grpo.sampling.max_new_tokens
+    assert recorded.arithmetic != evaluate.EvalConfig().arithmetic  # not evaluate's own defaults
+    assert generate_arithmetic(recorded.arithmetic, "test", recorded.problems, recorded.seed) == \
+        tuple(r1_zero.problems(cfg)[1])
+    jsonl = dataclasses.replace(cfg, train_jsonl=str(GSM8K), test_jsonl=str(GSM8K))
+    r1_zero.save_task(str(tmp_path), jsonl)
+    assert evaluate.EvalConfig.from_task_file(str(tmp_path / r1_zero.TASK_FILE)).test_jsonl == str(GSM8K.resolve())
+    (tmp_path / r1_zero.TASK_FILE).write_text('{"task": "arithmetic"}')
+    with pytest.raises(ValueError, match="task.json: not a task file"):
+        evaluate.EvalConfig.from_task_file(str(tmp_path / r1_zero.TASK_FILE))

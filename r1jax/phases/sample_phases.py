@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -13,6 +12,7 @@ from r1jax.data import Problem
 from r1jax.data.jsonl import DatasetError, json_records
 from r1jax.engine import Engine
 from r1jax.evaluate import evaluate
+from r1jax.fileio import atomic_write_jsonl
 from r1jax.phases.runner import RunContext
 from r1jax.rewards import RewardPool, language_share
 from r1jax.rewards.format import is_well_formed
@@ -120,12 +120,7 @@ class RejectionSamplingPhase:
                     kept += 1
                 elif why is not None:
                     reasons[why] = reasons.get(why, 0) + 1
-        path = self.output_path(ctx)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        atomic_write_jsonl(self.output_path(ctx), rows)
         summary = {"kept": float(len(rows)), "sampled": float(len(problems) * self.k),
                    **{f"rejected/{k}": float(v) for k, v in reasons.items()}}
         ctx.results[self.name] = summary

@@ -15,6 +15,7 @@ Qwen2.5-1.5B download) and train on local GSM8K / MATH JSONL files
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from r1jax.config import Execution, GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import R1_ZERO, ArithmeticConfig, generate_arithmetic, load_jsonl, worked_solution
 from r1jax.errors import UsageError
+from r1jax.fileio import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +120,21 @@ def problems(cfg: R1ZeroConfig) -> tuple[list, list]:
             list(generate_arithmetic(cfg.task, "test", cfg.test_problems, seed=cfg.seed)))
 
 
+TASK_FILE = "task.json"  # in a workdir: the held-out task the run evaluates on (experiments/evaluate.py reads it)
+
+
+def save_task(workdir: str, cfg: R1ZeroConfig) -> str:
+    """Write the run's held-out task (the JSONL file, or the generator's settings, count and seed) to
+    `workdir/task.json`, atomically; returns the path."""
+    if cfg.test_jsonl:
+        task = {"test_jsonl": os.path.abspath(cfg.test_jsonl)}
+    else:
+        task = {"task": "arithmetic", "arithmetic": dataclasses.asdict(cfg.task), "problems": cfg.test_problems,
+                "seed": cfg.seed}
+    task["max_new_tokens"] = cfg.grpo.sampling.max_new_tokens
+    return atomic_write(os.path.join(workdir, TASK_FILE), json.dumps(task, indent=1) + "\n")
+
+
 def base_corpus(cfg: R1ZeroConfig, problems) -> list[tuple[str, str]]:
     """(prompt, worked solution) pairs; a share of solutions in the R1 format, the rest as plain prose."""
     rng = random.Random(cfg.seed)
@@ -164,6 +181,7 @@ def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None
     from r1jax.phases import EvalPhase, RLPhase, Runner
 
     train, test = problems(cfg)
+    save_task(workdir, cfg)
     model_cfg, phases = base_phases(cfg, train)
     pool = reward_pool(cfg)
     evaluation = dict(template=R1_ZERO, sampling=cfg.grpo.sampling.paper_evaluation(), k=cfg.eval_k,
@@ -179,9 +197,12 @@ def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None
 
 
 def before_after_table(before: dict, after: dict, columns: tuple[str, str] = ("base", "after GRPO")) -> str:
-    """Markdown table of pass@1, cons@k, format and completion length, before and after."""
+    """Markdown table of pass@1, cons@k, format, completion length and what the reasoning shows, before and after."""
     cons = next((n for n in after if n.startswith("cons@") and "/" not in n), "")
-    rows = [("pass@1", "pass@1"), ("cons@k", cons), ("format", "format"), ("completion length", "length_mean")]
+    rows = [("pass@1", "pass@1"), ("cons@k", cons), ("format", "format"), ("completion length", "length_mean"),
+            ("lenient pass@1 (answer outside the format too)", "lenient_pass@1"),
+            ("accuracy among well-formed", "accuracy_well_formed"), ("slip rate (per step)", "slip_rate"),
+            ("self-correction rate (of slips)", "self_correction_rate"), ("recheck rate", "recheck_rate")]
     lines = [f"| held-out metric | {columns[0]} | {columns[1]} |", "|---|---|---|"]
     for label, key in rows:
         if key in before and key in after:

@@ -127,3 +127,16 @@ def test_a_run_records_its_task_and_evaluate_reads_back_the_same_problems(tmp_pa
     (tmp_path / r1_zero.TASK_FILE).write_text('{"task": "arithmetic"}')
     with pytest.raises(ValueError, match="task.json: not a task file"):
         evaluate.EvalConfig.from_task_file(str(tmp_path / r1_zero.TASK_FILE))
+
+
+def test_the_same_run_twice_gives_identical_metrics(tmp_path):
+    """Determinism on one machine: every logged number but wall times equal, bit for bit."""
+    def numbers(workdir):
+        return [{k: v for k, v in r.items() if k != "time" and not k.startswith("time/") and "throughput" not in k
+                 and not k.endswith("/seconds")} for r in read_metrics(workdir / "metrics.jsonl")]
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    r1_zero.build(SMOKE, str(first)).run()
+    r1_zero.build(SMOKE, str(second)).run()
+    a, b = numbers(first), numbers(second)
+    assert len(a) > 3 and a == b

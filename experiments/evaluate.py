@@ -42,7 +42,7 @@ class EvalConfig:
 
     @classmethod
     def from_task_file(cls, path: str) -> EvalConfig:
-        """The held-out task a run recorded in its workdir (r1jax.recipes.r1_zero.save_task)."""
+        """The held-out task a run recorded in its workdir (r1jax.recipes.r1_zero.task_record)."""
         try:
             with open(path) as f:
                 task = json.load(f)

@@ -114,7 +114,9 @@ def test_a_run_records_its_task_and_evaluate_reads_back_the_same_problems(tmp_pa
 
     evaluate = _load("evaluate")
     cfg = dataclasses.replace(SMOKE, seed=3, test_problems=7)
-    r1_zero.build(cfg, str(tmp_path))  # building the runner records the task; nothing runs
+    runner = r1_zero.build(cfg, str(tmp_path))
+    assert not (tmp_path / r1_zero.TASK_FILE).exists()  # building has no side effect: the run writes it
+    (tmp_path / r1_zero.TASK_FILE).write_text(runner.files[r1_zero.TASK_FILE])
     recorded = evaluate.EvalConfig.from_task_file(str(tmp_path / r1_zero.TASK_FILE))
     assert recorded.arithmetic == cfg.task and recorded.problems == 7 and recorded.seed == 3
     assert recorded.sampling.max_new_tokens == cfg.grpo.sampling.max_new_tokens
@@ -122,7 +124,7 @@ def test_a_run_records_its_task_and_evaluate_reads_back_the_same_problems(tmp_pa
     assert generate_arithmetic(recorded.arithmetic, "test", recorded.problems, recorded.seed) == \
         tuple(r1_zero.problems(cfg)[1])
     jsonl = dataclasses.replace(cfg, train_jsonl=str(GSM8K), test_jsonl=str(GSM8K))
-    r1_zero.save_task(str(tmp_path), jsonl)
+    (tmp_path / r1_zero.TASK_FILE).write_text(r1_zero.task_record(jsonl))
     assert evaluate.EvalConfig.from_task_file(str(tmp_path / r1_zero.TASK_FILE)).test_jsonl == str(GSM8K.resolve())
     (tmp_path / r1_zero.TASK_FILE).write_text('{"task": "arithmetic"}')
     with pytest.raises(ValueError, match="task.json: not a task file"):
@@ -138,5 +140,6 @@ def test_the_same_run_twice_gives_identical_metrics(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     r1_zero.build(SMOKE, str(first)).run()
     r1_zero.build(SMOKE, str(second)).run()
+    assert json.loads((first / r1_zero.TASK_FILE).read_text())["problems"] == SMOKE.test_problems  # written by run
     a, b = numbers(first), numbers(second)
     assert len(a) > 3 and a == b

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from r1jax import sharding
 from r1jax.checkpoint import Checkpointer
 from r1jax.config import ModelConfig
+from r1jax.fileio import atomic_write
 from r1jax.metrics import MetricsWriter, decode_nonfinite, encode_nonfinite
 from r1jax.model import Transformer
 from r1jax.tokenizer import Tokenizer
@@ -134,21 +135,25 @@ class Runner:
     """Runs `phases` in order in `workdir`, resuming from its last checkpoint."""
 
     def __init__(self, workdir: str, model_cfg: ModelConfig, phases: list, seed: int = 0,
-                 checkpoint_every: int = 50, keep_last: int = 3, mesh: str | Mesh | None = None):
-        """`mesh`: a Mesh, a spec such as "2x4" or "fsdp=8,expert=8" (r1jax.sharding), or None (one device)."""
+                 checkpoint_every: int = 50, keep_last: int = 3, mesh: str | Mesh | None = None,
+                 files: dict[str, str] | None = None):
+        """`mesh`: a Mesh, a spec such as "2x4" or "fsdp=8,expert=8" (r1jax.sharding), or None (one device);
+        `files`: name → text written into the workdir when the run starts (a recipe's task.json)."""
         names = [p.name for p in phases]
         if len(set(names)) != len(names):
             raise ValueError(f"phase names must be unique (they prefix metrics): {names}")
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every={checkpoint_every} must be >= 1")
         self.workdir, self.model_cfg, self.phases, self.seed = os.path.abspath(workdir), model_cfg, phases, seed
-        self.checkpoint_every, self.keep_last = checkpoint_every, keep_last
+        self.checkpoint_every, self.keep_last, self.files = checkpoint_every, keep_last, dict(files or {})
         self.mesh = (sharding.single_device_mesh() if mesh is None
                      else mesh if isinstance(mesh, Mesh) else sharding.make_mesh(mesh))
 
     def run(self, stop_at_step: int | None = None) -> RunContext:
         """Run every phase not yet done; returns the context (params, tokenizer, results)."""
         os.makedirs(self.workdir, exist_ok=True)
+        for name, text in self.files.items():
+            atomic_write(os.path.join(self.workdir, name), text)
         ckpt = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep_last=self.keep_last)
         meta = ckpt.read_meta() if ckpt.latest_step() is not None else None
         metrics = MetricsWriter(self.workdir, resume_step=None if meta is None else meta["global_step"] - 1)

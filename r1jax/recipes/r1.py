@@ -20,7 +20,7 @@ import random
 
 from r1jax.config import OptimizerConfig
 from r1jax.data import R1_ZERO, worked_solution
-from r1jax.recipes.r1_zero import R1ZeroConfig, base_phases, problems, reward_pool, save_task
+from r1jax.recipes.r1_zero import TASK_FILE, R1ZeroConfig, base_phases, problems, reward_pool, task_record
 
 STAGES = ("base_eval", "cold_start_eval", "reasoning_rl_eval", "sft_eval", "final_eval")
 
@@ -55,7 +55,6 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
 
     b = cfg.base
     train, test = problems(b)
-    save_task(workdir, b)
     model_cfg, phases = base_phases(b, train)
     rng = random.Random(b.seed + 1)
     cold = [(R1_ZERO.render(p.question), " " + worked_solution(p, rng).render())
@@ -88,7 +87,8 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
                 optimizer=b.rl_optimizer, **pool),
         EvalPhase("final_eval", lambda ctx: test, **ev),
     ]
-    return Runner(workdir, model_cfg, phases, seed=b.seed, checkpoint_every=b.checkpoint_every, **runner_kwargs)
+    return Runner(workdir, model_cfg, phases, seed=b.seed, checkpoint_every=b.checkpoint_every,
+                  files={TASK_FILE: task_record(b)}, **runner_kwargs)
 
 
 def report(ctx) -> str:

@@ -23,7 +23,6 @@ from typing import Any
 from r1jax.config import Execution, GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import R1_ZERO, ArithmeticConfig, generate_arithmetic, load_jsonl, worked_solution
 from r1jax.errors import UsageError
-from r1jax.fileio import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,16 +122,16 @@ def problems(cfg: R1ZeroConfig) -> tuple[list, list]:
 TASK_FILE = "task.json"  # in a workdir: the held-out task the run evaluates on (experiments/evaluate.py reads it)
 
 
-def save_task(workdir: str, cfg: R1ZeroConfig) -> str:
-    """Write the run's held-out task (the JSONL file, or the generator's settings, count and seed) to
-    `workdir/task.json`, atomically; returns the path."""
+def task_record(cfg: R1ZeroConfig) -> str:
+    """The run's held-out task as JSON text (the JSONL file, or the generator's settings, count and seed);
+    the Runner writes it to `workdir/task.json` when the run starts."""
     if cfg.test_jsonl:
         task = {"test_jsonl": os.path.abspath(cfg.test_jsonl)}
     else:
         task = {"task": "arithmetic", "arithmetic": dataclasses.asdict(cfg.task), "problems": cfg.test_problems,
                 "seed": cfg.seed}
     task["max_new_tokens"] = cfg.grpo.sampling.max_new_tokens
-    return atomic_write(os.path.join(workdir, TASK_FILE), json.dumps(task, indent=1) + "\n")
+    return json.dumps(task, indent=1) + "\n"
 
 
 def base_corpus(cfg: R1ZeroConfig, problems) -> list[tuple[str, str]]:
@@ -181,7 +180,6 @@ def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None
     from r1jax.phases import EvalPhase, RLPhase, Runner
 
     train, test = problems(cfg)
-    save_task(workdir, cfg)
     model_cfg, phases = base_phases(cfg, train)
     pool = reward_pool(cfg)
     evaluation = dict(template=R1_ZERO, sampling=cfg.grpo.sampling.paper_evaluation(), k=cfg.eval_k,
@@ -193,7 +191,8 @@ def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None
                 eval_k=cfg.eval_k, **pool),
         EvalPhase("final_eval", lambda ctx: test, **evaluation),
     ]
-    return Runner(workdir, model_cfg, phases, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, **runner_kwargs)
+    return Runner(workdir, model_cfg, phases, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+                  files={TASK_FILE: task_record(cfg)}, **runner_kwargs)
 
 
 def before_after_table(before: dict, after: dict, columns: tuple[str, str] = ("base", "after GRPO")) -> str:

@@ -74,12 +74,13 @@ def test_accuracy_names_missing_answer_column():
 
 
 def test_accuracy_scores_huge_and_pathological_answers_zero_quickly():
-    start = time.perf_counter()
+    # the time bounds in this file are this process's CPU seconds: another job on the machine does not count
+    start = time.process_time()
     huge = "1" * MB
     assert _acc(huge, huge) == 0.0  # over the length cap, even though equal
     assert _acc("(" * 30 + "1" + ")" * 30, "1") == 0.0  # over the nesting cap
     assert accuracy_reward(["q"], ["x" * MB + "<answer>" + "{" * 5000], answer=["1"]) == [0.0]
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
 
 
 @pytest.mark.parametrize(
@@ -91,9 +92,9 @@ def test_accuracy_survives_weird_unicode(weird, expected):
 
 
 def test_accuracy_times_out_on_exploding_expressions_in_main_thread():
-    start = time.perf_counter()
+    start = time.process_time()
     assert accuracy_reward(["q"], ["<answer>9!!!!!!</answer>"], answer=["1"], timeout_s=1) == [0.0]
-    assert time.perf_counter() - start < 3.0
+    assert time.process_time() - start < 3.0
 
 
 def test_accuracy_off_the_main_thread_matches_main_thread():
@@ -149,10 +150,10 @@ def test_format_reward_with_prefilled_think_tag():
 
 
 def test_format_reward_is_linear_on_megabyte_completions():
-    start = time.perf_counter()
+    start = time.process_time()
     long_good = "<think>" + "wait, " * (MB // 6) + "</think><answer>4</answer>"
     assert format_reward(["p"] * 3, [long_good, "<think>" * (MB // 7), "<" * MB]) == [1.0, 0.0, 0.0]
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 # ---------------------------------------------------------------- language
@@ -189,9 +190,9 @@ def test_chain_of_thought_handles_missing_and_unclosed_tags():
 
 
 def test_language_reward_on_megabyte_completion():
-    start = time.perf_counter()
+    start = time.process_time()
     assert language_reward(["p"], ["<think>" + "word 中 " * (MB // 7)]) == [0.5]
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
 
 
 # ---------------------------------------------------------------- countdown

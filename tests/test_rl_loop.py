@@ -53,7 +53,11 @@ def test_reward_rises_on_toy_task(tok):
 
 def test_metrics_have_the_usual_names(tok):
     tr = _trainer(tok, kl_beta=0.01, eps_high=0.28)
+    before = jax.tree.map(np.array, tr.state.params)
     m = tr.step(_problems("abcd"), jax.random.key(0))
+    after = jax.tree.leaves(jax.tree.map(np.array, tr.state.params))
+    assert m["skipped"] == 0 and all(np.isfinite(x).all() for x in after)
+    assert any(not np.array_equal(b, a) for b, a in zip(jax.tree.leaves(before), after)), "the update changed nothing"
     for name in ("reward/mean", "reward/std", "reward/a", "completion/length_mean", "completion/length_max",
                  "completion/truncated_frac", "kl", "clip_low_frac", "clip_high_frac", "entropy", "grad_norm",
                  "lr", "throughput/tokens_per_s", "time/step_s", "skipped", "rollout/logp_abs_diff", "rollout/kl_k3"):

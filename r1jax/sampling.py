@@ -16,7 +16,6 @@ size and settings reuse the compiled code.
 """
 from __future__ import annotations
 
-import collections
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -85,7 +84,6 @@ class Sampler:
         self.stop_ids = tuple(dict.fromkeys((self.eos_id, *map(int, stop_ids))))
         self.prompt_bucket, self.cache_dtype = prompt_bucket, cache_dtype
         self.model = Transformer(cfg)
-        self.trace_counts: collections.Counter[str] = collections.Counter()
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("group_size", "max_new_tokens"))
         self._decode = jax.jit(self._decode_impl, static_argnames=("top_k", "stop_ids"), donate_argnames=("state",))
         self._step = jax.jit(self._step_impl, static_argnames=("top_k", "stop_ids"), donate_argnames=("state",))
@@ -93,7 +91,6 @@ class Sampler:
     # ------------------------------------------------------------- device side
     def _prefill_impl(self, params, prompt_PxL, prompt_mask_PxL, *, group_size: int,
                       max_new_tokens: int) -> SamplingState:
-        self.trace_counts["prefill"] += 1
         num_prompts, length = prompt_PxL.shape
         positions_PxL = positions_from_mask(prompt_mask_PxL)
         cache = init_cache(self.cfg, num_prompts, length + max_new_tokens, self.cache_dtype)
@@ -134,7 +131,6 @@ class Sampler:
 
     def _decode_impl(self, params, state: SamplingState, rng, temperature_B, top_p_B, *,
                      top_k: int | None, stop_ids: tuple[int, ...]) -> SamplingState:
-        self.trace_counts["decode"] += 1
         max_new_tokens = state.tokens_BxT.shape[1]
 
         def steps_left_and_some_row_running(s: SamplingState):
@@ -145,7 +141,6 @@ class Sampler:
                                   state)
 
     def _step_impl(self, params, state, rng, temperature_B, top_p_B, *, top_k, stop_ids):
-        self.trace_counts["step"] += 1
         return self._advance(params, state, rng, temperature_B, top_p_B, top_k, stop_ids)
 
     # --------------------------------------------------------------- host side

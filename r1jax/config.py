@@ -25,6 +25,19 @@ ROLLOUT_IS_MODES: tuple[str, ...] = typing.get_args(RolloutIS)
 ROPE_SCALING_KINDS = ("linear", "llama3", "yarn")
 
 
+def _check(cls_name: str, condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{cls_name}.{message}")
+
+
+def _check_positive_ints(cls_name: str, obj: Any, names: tuple[str, ...]) -> None:
+    """ValueError naming the first of `names` that is not an int > 0 (a bool is not an int here)."""
+    for name in names:
+        value = getattr(obj, name)
+        _check(cls_name, isinstance(value, int) and not isinstance(value, bool) and value > 0,
+               f"{name}={value!r} must be a positive int")
+
+
 def _dtype_name(value: Any, field: str) -> str:
     """Canonical name ('float32', 'bfloat16', …) of a floating dtype given as a string or jnp dtype."""
     try:
@@ -133,10 +146,8 @@ class MoEConfig:
 
     def __post_init__(self):
         c = functools.partial(_check, "MoEConfig")
-        for name in ("num_experts", "top_k", "expert_dim", "num_groups", "topk_groups", "sparse_step"):
-            value = getattr(self, name)
-            c(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-              f"{name}={value!r} must be a positive int")
+        _check_positive_ints("MoEConfig", self, ("num_experts", "top_k", "expert_dim", "num_groups", "topk_groups",
+                                                 "sparse_step"))
         c(self.top_k <= self.num_experts, f"top_k={self.top_k} must be <= num_experts={self.num_experts}")
         c(self.num_shared_experts >= 0 and self.first_k_dense >= 0,
           "num_shared_experts and first_k_dense must be >= 0")
@@ -177,10 +188,7 @@ class MLAConfig:
 
     def __post_init__(self):
         c = functools.partial(_check, "MLAConfig")
-        for name in ("kv_lora_rank", "qk_nope_dim", "qk_rope_dim", "v_head_dim"):
-            value = getattr(self, name)
-            c(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-              f"{name}={value!r} must be a positive int")
+        _check_positive_ints("MLAConfig", self, ("kv_lora_rank", "qk_nope_dim", "qk_rope_dim", "v_head_dim"))
         c(self.q_lora_rank is None or self.q_lora_rank > 0, f"q_lora_rank={self.q_lora_rank} must be > 0 or None")
         c(self.qk_rope_dim % 2 == 0, f"qk_rope_dim={self.qk_rope_dim} must be even (RoPE rotates pairs of dims)")
         c(self.mscale_all_dim >= 0, f"mscale_all_dim={self.mscale_all_dim} must be >= 0")
@@ -247,11 +255,8 @@ class ModelConfig:
         for name in ("scan_layers", "params_over_data"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} must be a bool")
-        for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-                     "max_len", "attention_block"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ModelConfig.{name}={value!r} must be a positive int")
+        _check_positive_ints("ModelConfig", self, ("vocab_size", "embed_dim", "num_layers", "num_heads",
+                                                   "num_kv_heads", "head_dim", "mlp_dim", "max_len", "attention_block"))
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} "
@@ -334,9 +339,6 @@ OVERLONG_MODES = ("none", "mask", "soft")
 ROLLOUT_SAMPLERS = ("static", "engine")  # r1jax.sampling.Sampler, r1jax.engine.Engine
 
 
-def _check(cls_name: str, condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(f"{cls_name}.{message}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -500,7 +502,7 @@ class GRPOConfig:
           f"num_minibatches·grad_accum={self.num_minibatches * self.grad_accum} must divide "
           f"group_size·prompts_per_step={rows}")
         c(isinstance(self.sampling, SamplingSettings), f"sampling={self.sampling!r} must be a SamplingSettings")
-        c(self.eps_low >= 0 and self.eps_high >= 0, f"eps_low/eps_high must be >= 0")
+        c(self.eps_low >= 0 and self.eps_high >= 0, f"eps_low={self.eps_low} and eps_high={self.eps_high} must be >= 0")
         c(self.dual_clip is None or self.dual_clip > 1, f"dual_clip={self.dual_clip} must be > 1 or None")
         c(self.kl_beta >= 0, f"kl_beta={self.kl_beta} must be >= 0")
         c(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator={self.kl_estimator!r} must be one of {KL_ESTIMATORS}")

@@ -24,6 +24,7 @@ import sys
 from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run
 from r1jax.config import SamplingSettings
 from r1jax.data.arithmetic import ArithmeticConfig
+from r1jax.data.countdown import CountdownConfig
 from r1jax.errors import UsageError
 from r1jax.recipes.r1_zero import TASK_FILE
 
@@ -35,6 +36,7 @@ class EvalConfig:
     task: str = "arithmetic"  # or "countdown"; ignored with --data or test_jsonl
     problems: int = 64
     arithmetic: ArithmeticConfig = ArithmeticConfig(num_ops=2, max_value=9, ops=("+", "-"), allow_negative=False)
+    countdown: CountdownConfig = CountdownConfig()
     k: int = 4
     sampling: SamplingSettings = SamplingSettings.for_evaluation(max_new_tokens=96)
     seed: int = 0
@@ -49,9 +51,10 @@ class EvalConfig:
             sampling = SamplingSettings.for_evaluation(max_new_tokens=int(task["max_new_tokens"]))
             if "test_jsonl" in task:
                 return cls(test_jsonl=str(task["test_jsonl"]), sampling=sampling)
-            arithmetic = {k: tuple(v) if isinstance(v, list) else v for k, v in task["arithmetic"].items()}
-            return cls(task=task["task"], problems=int(task["problems"]), arithmetic=ArithmeticConfig(**arithmetic),
-                       seed=int(task["seed"]), sampling=sampling)
+            settings = {k: tuple(v) if isinstance(v, list) else v for k, v in task[task["task"]].items()}
+            generator = {"arithmetic": ArithmeticConfig, "countdown": CountdownConfig}[task["task"]](**settings)
+            return cls(task=task["task"], problems=int(task["problems"]), seed=int(task["seed"]), sampling=sampling,
+                       **{task["task"]: generator})
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UsageError(f"{path}: not a task file r1jax can read ({type(e).__name__}: {e})") from None
 
@@ -94,7 +97,7 @@ def main(argv=None) -> int:
     elif cfg.task == "arithmetic":
         problems = data.generate_arithmetic(cfg.arithmetic, "test", cfg.problems, cfg.seed)
     elif cfg.task == "countdown":
-        problems = data.generate_countdown(data.CountdownConfig(), "test", cfg.problems, cfg.seed)
+        problems = data.generate_countdown(cfg.countdown, "test", cfg.problems, cfg.seed)
     else:
         raise UsageError(f"task={cfg.task!r}: choose arithmetic or countdown, or pass --data")
     mesh = sharding.make_mesh(args.mesh) if args.mesh else sharding.single_device_mesh()

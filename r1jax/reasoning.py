@@ -3,10 +3,12 @@
 A completion's *steps* are the one-operation equations it writes, `a op b = c` ("8 - 6 = 2"), each
 checked exactly against the operands it states (Fractions, r1jax.data.expressions; never eval), so
 a slip's consequences further down the chain are not counted again; equations of several operations
-("So 8 - 6 + 6 = 8") are claims, not steps. A *slip* is a step whose stated result is wrong. A *self-correction* is a slip whose expression the completion
-states again, rightly, after a recheck phrase ("Wait, 2 + 6 is not 9; let me recheck. 2 + 6 = 8.").
+("So 8 - 6 + 6 = 8") are claims, not steps. A *slip* is a step whose stated result is wrong. A
+*self-correction* is a slip whose expression the completion states again, rightly, after a recheck
+phrase ("Wait, 2 + 6 is not 9; let me recheck. 2 + 6 = 8.").
 `lenient_answer` reads the answer a completion commits to even outside the R1 format: the
-`<answer>` tag (or `\\boxed{}`), else the last "the answer is N", else the last number.
+`<answer>` tag (or `\\boxed{}`), else the last "the answer is …" (a number or a Countdown equation), else
+the last number.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from r1jax.text import final_answer
 _NUMBER = r"-?\d+(?:/\d+)?"
 # an expression (numbers, operators, brackets, spaces) with at least one operator, then "= number"
 _STEP_RE = re.compile(r"(?P<lhs>\(*-?\s*\d[\d\s+\-*/×÷−()]*?)\s*=\s*(?P<rhs>" + _NUMBER + r")(?![\d/])")
-_ANSWER_IS_RE = re.compile(r"answer\s+is\s*:?\s*\$?\s*(" + _NUMBER + r")", re.IGNORECASE)
+# "the answer is 8." / "The answer is 14 - 13 + 6.": up to a "$", a full stop (not a decimal point) or the line's end
+_ANSWER_IS_RE = re.compile(r"answer\s+is\s*:?\s*\$?\s*([-\d(][^\n$]*?)\s*(?:\$|\.(?!\d)|\n|$)", re.IGNORECASE)
 _LAST_NUMBER_RE = re.compile(_NUMBER)
 RECHECK_RE = re.compile(r"\b(?:let me re-?check|let me check|let me verify|double[- ]check|wait)\b", re.IGNORECASE)
 

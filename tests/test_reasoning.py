@@ -39,6 +39,8 @@ def test_lenient_answer_reads_the_tag_then_the_prose_then_the_last_number():
     assert lenient_answer("so \\boxed{12}") == "12"
     assert lenient_answer("2 + 5 = 7. The answer is 7. Then 3") == "7"
     assert lenient_answer("first 3, then -8") == "-8"
+    assert lenient_answer("So 14 - 13 + 6 = 7.\nThe answer is 14 - 13 + 6.") == "14 - 13 + 6"  # a Countdown equation
+    assert lenient_answer("The answer is 3.5.") == "3.5"
     assert lenient_answer("no digits here") is None
 
 

@@ -143,3 +143,34 @@ def test_the_same_run_twice_gives_identical_metrics(tmp_path):
     assert json.loads((first / r1_zero.TASK_FILE).read_text())["problems"] == SMOKE.test_problems  # written by run
     a, b = numbers(first), numbers(second)
     assert len(a) > 3 and a == b
+
+
+def test_the_countdown_preset_trains_on_countdown_with_its_own_check_and_records_it(tmp_path):
+    from r1jax.data import CountdownConfig
+    from r1jax.evaluate import lenient_correctness
+    from test_experiments import _load
+
+    cfg = dataclasses.replace(r1_zero.PRESETS["tiny-countdown"], train_problems=30, test_problems=5)
+    train, test = r1_zero.problems(cfg)
+    assert {p.task for p in train + test} == {"countdown"} and all(len(p.numbers) == 3 for p in train)
+    corpus = r1_zero.base_corpus(cfg, train)
+    assert all("using the numbers" in c for _, c in corpus)
+    rewards = r1_zero.default_rewards(cfg)
+    rng = random.Random(0)
+    right = [worked_solution(p, rng).render() for p in train[:5]]
+    wrong = [worked_solution(p, rng, error_rate=1.0).render() for p in train[:5]]
+    columns = dict(numbers=[p.numbers for p in train[:5]], target=[p.target for p in train[:5]])
+    assert rewards["accuracy"].fn([""] * 5, right, **columns) == [1.0] * 5
+    assert rewards["accuracy"].fn([""] * 5, wrong, **columns) == [0.0] * 5  # no partial credit: format pays form
+    prose = [f" {worked_solution(p, rng).reasoning}\nThe answer is {worked_solution(p, rng).answer}." for p in test]
+    _, lenient, _ = lenient_correctness(test, [""] * 5, prose, 1, np.zeros((5, 1), bool))
+    assert lenient.all()  # the equation read from the prose, checked by the Countdown rule
+    recorded = _load("evaluate").EvalConfig.from_task_file(_write_task(tmp_path, cfg))
+    assert recorded.task == "countdown" and recorded.countdown == cfg.countdown == CountdownConfig(
+        min_numbers=3, max_numbers=3, max_number=20, max_target=60)
+
+
+def _write_task(tmp_path, cfg):
+    path = tmp_path / r1_zero.TASK_FILE
+    path.write_text(r1_zero.task_record(cfg))
+    return str(path)

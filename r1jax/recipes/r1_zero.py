@@ -21,7 +21,8 @@ import random
 from typing import Any
 
 from r1jax.config import Execution, GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig, SamplingSettings
-from r1jax.data import R1_ZERO, ArithmeticConfig, generate_arithmetic, load_jsonl, worked_solution
+from r1jax.data import (R1_ZERO, ArithmeticConfig, CountdownConfig, generate_arithmetic, generate_countdown,
+                        load_jsonl, worked_solution)
 from r1jax.errors import UsageError
 
 
@@ -35,6 +36,7 @@ class R1ZeroConfig:
     train_jsonl: str = ""  # GSM8K / MATH layout; empty: generated arithmetic
     test_jsonl: str = ""
     task: ArithmeticConfig = ArithmeticConfig(num_ops=2, max_value=9, ops=("+", "-"), allow_negative=False)
+    countdown: CountdownConfig | None = None  # set: the run is Countdown (TinyZero's task) instead of arithmetic
     train_problems: int = 2000
     test_problems: int = 64
     base_error_rate: float = 0.2
@@ -86,9 +88,15 @@ def _tiny_moe() -> R1ZeroConfig:
     return dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, moe=moe))
 
 
+def _tiny_countdown() -> R1ZeroConfig:
+    """The tiny preset on Countdown (TinyZero's task) at laptop size: three numbers of 1–20, targets up to 60."""
+    return R1ZeroConfig(countdown=CountdownConfig(min_numbers=3, max_numbers=3, max_number=20, max_target=60))
+
+
 PRESETS: dict[str, R1ZeroConfig] = {
     "tiny": R1ZeroConfig(),
     "tiny-moe": _tiny_moe(),
+    "tiny-countdown": _tiny_countdown(),
     "qwen2.5-1.5b": _real(4096),
     "qwen2.5-7b": _real(8192, params_over_data=True),
 }
@@ -112,9 +120,12 @@ def check_config(cfg: R1ZeroConfig, preset: str = "") -> None:
 
 
 def problems(cfg: R1ZeroConfig) -> tuple[list, list]:
-    """(train, test) problems: the JSONL files if given, else generated arithmetic."""
+    """(train, test) problems: the JSONL files if given, else generated Countdown or arithmetic."""
     if cfg.train_jsonl:
         return list(load_jsonl(cfg.train_jsonl)), list(load_jsonl(cfg.test_jsonl))
+    if cfg.countdown is not None:
+        return (list(generate_countdown(cfg.countdown, "train", cfg.train_problems, seed=cfg.seed)),
+                list(generate_countdown(cfg.countdown, "test", cfg.test_problems, seed=cfg.seed)))
     return (list(generate_arithmetic(cfg.task, "train", cfg.train_problems, seed=cfg.seed)),
             list(generate_arithmetic(cfg.task, "test", cfg.test_problems, seed=cfg.seed)))
 
@@ -127,6 +138,9 @@ def task_record(cfg: R1ZeroConfig) -> str:
     the Runner writes it to `workdir/task.json` when the run starts."""
     if cfg.test_jsonl:
         task = {"test_jsonl": os.path.abspath(cfg.test_jsonl)}
+    elif cfg.countdown is not None:
+        task = {"task": "countdown", "countdown": dataclasses.asdict(cfg.countdown), "problems": cfg.test_problems,
+                "seed": cfg.seed}
     else:
         task = {"task": "arithmetic", "arithmetic": dataclasses.asdict(cfg.task), "problems": cfg.test_problems,
                 "seed": cfg.seed}
@@ -163,11 +177,14 @@ def base_phases(cfg: R1ZeroConfig, train) -> tuple[ModelConfig, list]:
     ]
 
 
-def default_rewards() -> dict[str, Any]:
-    """Accuracy + format, equal weights (R1-Zero's rule-based rewards)."""
-    from r1jax.rewards import WeightedReward, accuracy_reward, format_reward
+def default_rewards(cfg: R1ZeroConfig | None = None) -> dict[str, Any]:
+    """Accuracy + format, equal weights (R1-Zero's rule-based rewards); for Countdown the equation's check
+    (numbers used once, target reached: TinyZero's reward without its 0.1 for form, which format pays) + format."""
+    from r1jax.rewards import WeightedReward, accuracy_reward, format_reward, make_countdown_reward
 
-    return {"accuracy": WeightedReward(accuracy_reward, 1.0), "format": WeightedReward(format_reward, 1.0)}
+    correct = (accuracy_reward if cfg is None or cfg.countdown is None or cfg.train_jsonl
+               else make_countdown_reward(format_score=0.0))
+    return {"accuracy": WeightedReward(correct, 1.0), "format": WeightedReward(format_reward, 1.0)}
 
 
 def reward_pool(cfg: R1ZeroConfig) -> dict[str, Any]:
@@ -186,7 +203,7 @@ def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None
                       rollout=cfg.grpo.rollout, **pool)
     phases += [
         EvalPhase("base_eval", lambda ctx: test, **evaluation),
-        RLPhase("rl", lambda ctx: train, rewards or default_rewards(), R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,
+        RLPhase("rl", lambda ctx: train, rewards or default_rewards(cfg), R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,
                 optimizer=cfg.rl_optimizer, eval_problems=lambda ctx: test, eval_every=cfg.eval_every,
                 eval_k=cfg.eval_k, **pool),
         EvalPhase("final_eval", lambda ctx: test, **evaluation),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import re
 import typing
 from typing import Any, Literal
 
@@ -194,6 +196,54 @@ class MLAConfig:
         c(self.mscale_all_dim >= 0, f"mscale_all_dim={self.mscale_all_dim} must be >= 0")
 
 
+LORA_TARGETS = {  # name → regex over a projection's module path ("layers_3/attn/q", "scan_0_28/mlp/down")
+    "all-linear": r"(attn|mlp|shared)/[^/]+$",  # every projection of the blocks; not the LM head, not routed experts
+    "attention": r"attn/[^/]+$",
+    "mlp": r"mlp/(shared/)?(gate|up|down)$",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters (LoRA, arXiv 2106.09685) on the projections `targets` selects; rank 0 is off.
+
+    A projection x·W gains x·A·B·scale with A [in, rank] (PEFT's kaiming-uniform init) and B [rank, out]
+    (zeros), so the adapted model equals the base at step 0; scale is alpha / rank, or alpha / √rank
+    with `rslora` (arXiv 2312.03732). `targets`: "all-linear", "attention", "mlp" (LORA_TARGETS) or
+    a regex searched in each projection's module path. Routed MoE experts are not adapted yet, and
+    `dropout` > 0 is not supported yet (an error rather than a silent no-op).
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    rslora: bool = False
+    targets: str = "all-linear"
+
+    def __post_init__(self):
+        c = functools.partial(_check, "LoRAConfig")
+        c(isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 0,
+          f"rank={self.rank!r} must be an int >= 0 (0: no adapters)")
+        c(self.alpha > 0, f"alpha={self.alpha} must be > 0")
+        c(self.dropout == 0.0, f"dropout={self.dropout}: LoRA dropout is not supported yet; use 0")
+        try:
+            re.compile(self.pattern)
+        except re.error as e:
+            raise ValueError(f"LoRAConfig.targets={self.targets!r} is not a regex ({e})") from None
+
+    @property
+    def pattern(self) -> str:
+        return LORA_TARGETS.get(self.targets, self.targets)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank) if self.rank else 0.0
+
+    def adapts(self, module_path: str) -> bool:
+        """Whether the projection at `module_path` ("layers_0/attn/q") carries an adapter."""
+        return self.rank > 0 and re.search(self.pattern, module_path) is not None
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Decoder-only transformer (Qwen2/Qwen2.5, Llama-3 layout): sizes, RoPE, precision.
@@ -215,6 +265,7 @@ class ModelConfig:
     gradients and optimizer state) over the mesh's 'data' axis as well as 'fsdp': ZeRO-3 over the
     whole mesh, so on `--mesh=8x8` a device holds 1/64 of the train state instead of 1/8, at the
     cost of gathering each layer's weights over 'data' too (r1jax.logical.param_rules).
+    `lora` adds low-rank adapters to the projections it selects (LoRAConfig; rank 0: none).
     `qk_norm` RMS-normalizes each query and key head before RoPE (Qwen3). `moe`
     makes feed-forward layers mixtures of experts, `mla` makes every attention
     layer multi-head latent attention (which ignores num_kv_heads and head_dim).
@@ -244,6 +295,7 @@ class ModelConfig:
     attention: str = "auto"
     attention_block: int = 512
     params_over_data: bool = False
+    lora: LoRAConfig = LoRAConfig()
 
     def __post_init__(self):
         if isinstance(self.remat, bool) or self.remat in ("true", "false"):
@@ -274,6 +326,8 @@ class ModelConfig:
             raise ValueError(f"moe must be a MoEConfig or None, got {self.moe!r}")
         if self.mla is not None and not isinstance(self.mla, MLAConfig):
             raise ValueError(f"mla must be a MLAConfig or None, got {self.mla!r}")
+        if not isinstance(self.lora, LoRAConfig):
+            raise ValueError(f"lora must be a LoRAConfig, got {self.lora!r}")
         # Canonical names keep the config hashable, comparable and JSON-friendly.
         object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype, "param_dtype"))
         object.__setattr__(self, "dtype", _dtype_name(self.dtype, "dtype"))
@@ -286,7 +340,7 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Rebuild from `to_dict` output (e.g. a checkpoint's meta)."""
         d = dict(d)
-        for name, sub in (("rope_scaling", RopeScaling), ("moe", MoEConfig), ("mla", MLAConfig)):
+        for name, sub in (("rope_scaling", RopeScaling), ("moe", MoEConfig), ("mla", MLAConfig), ("lora", LoRAConfig)):
             if d.get(name) is not None:
                 value = dict(d[name])
                 for key, v in value.items():

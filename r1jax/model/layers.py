@@ -78,10 +78,25 @@ class Dense(nn.Module):
                                                 out_axis=tuple(range(n, len(shape))))
         kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), shape, cfg.param_dtype)
         y = matmul_2d(x.astype(cfg.dtype), kernel.astype(cfg.dtype), n)
+        if cfg.lora.adapts("/".join(self.path)):
+            y = y + self._lora(x, n)
         if self.use_bias:
             bias = self.param("bias", zeros_init(*self.axes[n:]), tuple(self.features), cfg.param_dtype)
             y = y + bias.astype(cfg.dtype).reshape((1,) * (y.ndim - bias.ndim) + bias.shape)
         return y
+
+
+    def _lora(self, x: jax.Array, n: int) -> jax.Array:
+        """LoRA's x·A·B·scale (arXiv 2106.09685): A [in…, r] kaiming-uniform as PEFT's, B [r, out…] zeros."""
+        cfg, r = self.cfg, self.cfg.lora.rank
+        in_shape = tuple(x.shape[-n:])
+        init_a = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=tuple(range(n)), out_axis=n)
+        a = self.param("lora_a", nn.with_logical_partitioning(init_a, self.axes[:n] + ("lora_rank",)),
+                       in_shape + (r,), cfg.param_dtype)
+        b = self.param("lora_b", zeros_init("lora_rank", *self.axes[n:]), (r,) + tuple(self.features),
+                       cfg.param_dtype)
+        h = matmul_2d(x.astype(cfg.dtype), a.astype(cfg.dtype), n)
+        return (matmul_2d(h, b.astype(cfg.dtype), 1) * cfg.lora.scale).astype(cfg.dtype)
 
 
 class Mlp(nn.Module):

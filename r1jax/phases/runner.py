@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from r1jax import sharding
 from r1jax.checkpoint import Checkpointer
 from r1jax.config import ModelConfig
+from r1jax.errors import UsageError
 from r1jax.fileio import atomic_write
 from r1jax.metrics import MetricsWriter, decode_nonfinite, encode_nonfinite
 from r1jax.model import Transformer
@@ -144,6 +145,10 @@ class Runner:
             raise ValueError(f"phase names must be unique (they prefix metrics): {names}")
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every={checkpoint_every} must be >= 1")
+        if model_cfg.lora.rank:
+            raise UsageError(f"model.lora.rank={model_cfg.lora.rank}: training with LoRA adapters (a frozen base, an "
+                             "optimizer over the adapters only) is not implemented yet; r1jax.lora holds the adapters' "
+                             "model side (placement, split/merge, fold for export)")
         self.workdir, self.model_cfg, self.phases, self.seed = os.path.abspath(workdir), model_cfg, phases, seed
         self.checkpoint_every, self.keep_last, self.files = checkpoint_every, keep_last, dict(files or {})
         self.mesh = (sharding.single_device_mesh() if mesh is None

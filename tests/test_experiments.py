@@ -45,6 +45,17 @@ def test_evaluate_reads_a_workdir(code_rl_workdir):
     assert len((tmp_path / "evaluate.jsonl").read_text().splitlines()) == 4
 
 
+def test_report_of_a_real_rl_run_opens_in_chromium(code_rl_workdir, tmp_path):
+    from report_helpers import console_errors, open_in_chromium
+
+    out = tmp_path / "report.html"
+    assert _load("report").main(["--workdir", str(code_rl_workdir), "--out", str(out)]) == 0
+    dom, stderr = open_in_chromium(out, tmp_path)
+    assert 'id="report-ready"' in dom and 'id="js-error"' not in dom and console_errors(stderr) == []
+    assert '<path class="curve" d="M' in dom and 'id="flag-rl-proxy_rising"' in dom
+    assert dom.count('<span class="tok') > 0 and 'id="r-' in dom  # the saved RL steps' completions
+
+
 def test_r1_recipe_composes_every_stage(tmp_path):
     from r1jax.phases import StopRun
 

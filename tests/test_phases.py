@@ -10,6 +10,7 @@ from r1jax.data import ArithmeticConfig, PromptTemplate, generate_arithmetic, wo
 from r1jax.metrics import MetricsWriter, read_metrics
 from r1jax.phases import EvalPhase, RejectionSamplingPhase, RLPhase, Runner, SFTPhase, StopRun, TokenizerPhase
 from r1jax.phases import keep_trace, read_sft_jsonl
+from r1jax.report import read_rollouts
 from r1jax.rewards import WeightedReward, accuracy_reward, format_reward
 
 TASK = ArithmeticConfig(num_ops=1, max_value=9, ops=("+",))
@@ -49,6 +50,10 @@ def _logged(workdir):
     return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(workdir / "metrics.jsonl")]
 
 
+def _rollout_files(workdir):
+    return {p.name: p.read_bytes() for p in sorted((workdir / "rollouts").iterdir())}
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("whole")
@@ -74,9 +79,28 @@ def test_killed_and_resumed_run_logs_the_same_metrics(reference, tmp_path, stop_
         _run(tmp_path, stop_at_step=stop_at)
     ctx = _run(tmp_path)
     assert _logged(tmp_path) == _logged(ref_dir)
+    assert _rollout_files(tmp_path) == _rollout_files(ref_dir)  # the saved rollouts too, byte for byte
     for a, b in zip(np.asarray(list(ctx.params["embed"]["embedding"])), np.asarray(list(
             ref_ctx.params["embed"]["embedding"]))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_rl_phase_saves_each_steps_rollouts_for_the_report(reference):
+    workdir, ctx = reference
+    recs = read_rollouts(workdir)
+    # the default RolloutLog: every 5th phase step and the last
+    assert [r.step for r in recs] == [7, 10] and [r.phase_step for r in recs] == [0, 3]
+    tok = ctx.tokenizer
+    for r in recs:
+        mask = r.token_mask_NxT()
+        assert r.rows == 4 and r.group_size == 2 and r.reward_names == ["accuracy", "format"]
+        assert set(r.tokens) == {"logp", "old_logp", "ref_logp", "ratio", "entropy"}  # kl_beta > 0: ref saved
+        assert r.texts == [tok.decode(row[:n]) for row, n in zip(r.tokens_NxT, r.lengths_N)]
+        # old log-probs are the trainer's recomputation of the sampler's: equal up to float16
+        np.testing.assert_allclose(r.tokens["old_logp"][mask], r.tokens["logp"][mask], atol=0.02)
+        assert np.isfinite(r.tokens["ratio"][mask]).all() and (r.tokens["entropy"][mask] > 0).all()
+        np.testing.assert_allclose(r.rewards_N, r.values_KxN.sum(0))
+        assert not r.advantages_N.any() or np.ptp(r.rewards_N.reshape(-1, 2), axis=1).any()
 
 
 def test_finished_run_does_nothing_more(reference):

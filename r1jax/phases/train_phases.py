@@ -20,6 +20,8 @@ from r1jax.data import Problem
 from r1jax.data.packing import batches, batches_per_epoch, encode_examples, pack
 from r1jax.metrics import progress, show_metrics
 from r1jax.phases.runner import RunContext, abstract_params
+from r1jax.report.capture import RolloutRecorder
+from r1jax.report.rollouts import RolloutLog
 from r1jax.rewards import RewardPool, WeightedReward
 from r1jax.rl.loop import GRPOTrainer
 from r1jax.tokenizer import Tokenizer
@@ -146,6 +148,7 @@ class RLPhase:
 
     Every `eval_every` steps it evaluates on `eval_problems(ctx)` with `eval_sampling` (None: the
     paper's protocol at the rollouts' max_new_tokens and stop ids, `SamplingSettings.paper_evaluation`).
+    `rollout_log` names the steps whose whole rollouts are saved under `workdir/rollouts/` (r1jax.report).
     """
 
     name: str
@@ -161,6 +164,7 @@ class RLPhase:
     eval_every: int = 0
     eval_k: int = 4
     eval_sampling: SamplingSettings | None = None
+    rollout_log: RolloutLog = RolloutLog()
 
     def state_template(self, ctx: RunContext) -> Any:
         p = abstract_params(ctx.model_cfg)
@@ -191,11 +195,13 @@ class RLPhase:
                 trainer.ref_params = state["ref"] if self.grpo.kl_beta else None
             trainer.rl_step, trainer.bad_steps = cursor["step"], cursor["bad_steps"]
             bar = progress(total=self.steps, desc=self.name, initial=cursor["step"])
+            recorder = RolloutRecorder(ctx.workdir, self.rollout_log, self.name, self.steps, ctx.global_step)
             if cursor["step"] == 0 and self.eval_every:
                 ctx.log(self._evaluate(ctx, trainer, 0), step_done=False)
             for step in range(cursor["step"], self.steps):
                 m = trainer.step(take(self.grpo.prompts_per_step), ctx.rng(step),
                                  more_problems=lambda _: take(self.grpo.prompts_per_step))
+                recorder.maybe_save(trainer, ctx.global_step, step)
                 if self.eval_every and (step + 1) % self.eval_every == 0:
                     m.update(self._evaluate(ctx, trainer, step + 1))
                 show_metrics(bar, {k: m[k] for k in ("reward/mean", "completion/length_mean") if k in m})

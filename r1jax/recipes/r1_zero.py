@@ -24,6 +24,7 @@ from r1jax.config import Execution, GRPOConfig, ModelConfig, MoEConfig, Optimize
 from r1jax.data import (R1_ZERO, ArithmeticConfig, CountdownConfig, generate_arithmetic, generate_countdown,
                         load_jsonl, worked_solution)
 from r1jax.errors import UsageError
+from r1jax.report.rollouts import RolloutLog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class R1ZeroConfig:
     eval_every: int = 20
     eval_k: int = 4
     checkpoint_every: int = 20
+    rollout_log: RolloutLog = RolloutLog()  # RL steps saved whole for the report: rollout_log.every, .max_rows
 
 
 def _real(max_new_tokens: int, params_over_data: bool = False) -> R1ZeroConfig:
@@ -77,7 +79,8 @@ def _real(max_new_tokens: int, params_over_data: bool = False) -> R1ZeroConfig:
                        params_over_data=params_over_data),
         grpo=GRPOConfig(group_size=16, prompts_per_step=32, sampling=SamplingSettings(max_new_tokens=max_new_tokens),
                         num_minibatches=8, kl_beta=0.001, logprob_chunk=512),
-        rl_optimizer=OptimizerConfig(learning_rate=3e-6, warmup_steps=10, weight_decay=0.1))
+        rl_optimizer=OptimizerConfig(learning_rate=3e-6, warmup_steps=10, weight_decay=0.1),
+        rollout_log=RolloutLog(every=10, max_rows=64))  # 64 rows × 4–8k tokens: a few MB a saved step
 
 
 def _tiny_moe() -> R1ZeroConfig:
@@ -205,7 +208,7 @@ def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None
         EvalPhase("base_eval", lambda ctx: test, **evaluation),
         RLPhase("rl", lambda ctx: train, rewards or default_rewards(cfg), R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,
                 optimizer=cfg.rl_optimizer, eval_problems=lambda ctx: test, eval_every=cfg.eval_every,
-                eval_k=cfg.eval_k, **pool),
+                eval_k=cfg.eval_k, rollout_log=cfg.rollout_log, **pool),
         EvalPhase("final_eval", lambda ctx: test, **evaluation),
     ]
     return Runner(workdir, model_cfg, phases, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,

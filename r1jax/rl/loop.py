@@ -242,4 +242,5 @@ class GRPOTrainer:
                         "groups/sampled": float(sum(len(x.problems) for x in rollouts)),
                         "throughput/tokens_per_s": float(r.lengths_B.sum()) / elapsed})
         self.last_rollout = r
+        self.last_batch, self.last_order = batch, order  # the update's rows (shuffled by order): r1jax.report
         return metrics

@@ -120,9 +120,9 @@ def test_adapters_follow_their_projection_on_a_mesh():
     assert specs["layers_0"]["mlp"]["down"]["lora_b"] == P(None, "fsdp")  # B like W's output
 
 
-def test_training_with_adapters_is_refused_until_it_freezes_the_base(tmp_path):
+def test_adapters_on_the_runs_model_are_refused_they_belong_to_a_phase(tmp_path):
     from r1jax.errors import UsageError
     from r1jax.phases import Runner
 
-    with pytest.raises(UsageError, match="not implemented yet"):
+    with pytest.raises(UsageError, match="belong to a training phase"):
         Runner(str(tmp_path), dataclasses.replace(DENSE, lora=LoRAConfig(rank=4)), [])

@@ -2,6 +2,7 @@
 import json
 import random
 
+import jax
 import numpy as np
 import pytest
 
@@ -244,3 +245,28 @@ def test_evaluation_and_rejection_sampling_score_in_the_runs_reward_pool(monkeyp
     for runner in (r1_zero.build(base, "unused"), r1.build(r1.R1Config(base=base), "unused")):
         scoring = [p for p in runner.phases if isinstance(p, (EvalPhase, RejectionSamplingPhase, RLPhase))]
         assert len(scoring) >= 3 and all((p.reward_workers, p.reward_timeout_s) == (3, 120.0) for p in scoring)
+
+
+def test_lora_sft_trains_adapters_on_the_frozen_params_and_resumes(tmp_path):
+    from r1jax.config import LoRAConfig
+
+    def phases():
+        return [TokenizerPhase(texts=lambda ctx: [a + b for a, b in _pairs(ctx)], vocab_size=300),
+                SFTPhase("base", _pairs, steps=2, batch_size=4, seq_len=256, optimizer=OptimizerConfig(3e-3)),
+                SFTPhase("adapt", _pairs, steps=4, batch_size=4, seq_len=256, log_every=1,
+                         optimizer=OptimizerConfig(learning_rate=3e-2), lora=LoRAConfig(rank=4, targets="mlp"))]
+
+    whole = Runner(str(tmp_path / "whole"), CFG, phases(), seed=3, checkpoint_every=1).run()
+    base = Runner(str(tmp_path / "base_only"), CFG, phases()[:2], seed=3).run().params
+    with pytest.raises(StopRun):
+        Runner(str(tmp_path / "killed"), CFG, phases(), seed=3, checkpoint_every=1).run(stop_at_step=4)
+    resumed = Runner(str(tmp_path / "killed"), CFG, phases(), seed=3, checkpoint_every=1).run()
+    assert _logged(tmp_path / "whole") == _logged(tmp_path / "killed")
+    changed = {jax.tree_util.keystr(k) for (k, a), b in zip(jax.tree_util.tree_flatten_with_path(whole.params)[0],
+                                                             jax.tree.leaves(base)) if not np.array_equal(a, b)}
+    assert changed and all("['mlp']" in k and k.endswith("['kernel']") for k in changed)  # adapters folded in
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(a, b)
+    losses = [r["adapt/loss"] for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if "adapt/loss" in r]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert whole.results["adapt"]["lora/trainable_params"] == 2 * 3 * (32 * 4 + 4 * 64)  # gate, up: 32→64; down

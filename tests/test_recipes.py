@@ -174,3 +174,30 @@ def _write_task(tmp_path, cfg):
     path = tmp_path / r1_zero.TASK_FILE
     path.write_text(r1_zero.task_record(cfg))
     return str(path)
+
+
+def test_lora_grpo_resumes_exactly_and_hands_on_folded_params(tmp_path):
+    """--set lora.rank=4: adapters trained on the frozen base; a run killed inside the RL phase resumes to
+    the uninterrupted run's metrics and params; later phases see plain params with the adapters folded in."""
+    from r1jax.config import LoRAConfig
+    from r1jax.lora import count
+
+    cfg = dataclasses.replace(SMOKE, rl_steps=3, checkpoint_every=1, lora=LoRAConfig(rank=4, targets="attention"))
+    whole = r1_zero.build(cfg, str(tmp_path / "whole")).run()
+    pretrain_steps = cfg.pretrain_steps
+    with pytest.raises(StopRun):
+        r1_zero.build(cfg, str(tmp_path / "killed")).run(stop_at_step=pretrain_steps + 2)  # inside the RL phase
+    resumed = r1_zero.build(cfg, str(tmp_path / "killed")).run()
+
+    def numbers(workdir):
+        return [{k: v for k, v in r.items() if k != "time" and not k.startswith("time/")}
+                for r in read_metrics(workdir / "metrics.jsonl")]
+
+    assert numbers(tmp_path / "whole") == numbers(tmp_path / "killed")
+    assert jax.tree.structure(whole.params) == jax.tree.structure(init_params(cfg.model, jax.random.key(0)))
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(a, b)
+    rl = whole.results["rl"]
+    # attention only, rank 4: A [32, 4] + B [4, 2·16] (q), [4, 16] (k, v: 1 kv head), A [2, 16, 4] + B [4, 32] (o)
+    per_layer = (32 * 4 + 4 * 32) + 2 * (32 * 4 + 4 * 16) + (32 * 4 + 4 * 32)
+    assert rl["lora/trainable_params"] == 2 * per_layer and rl["lora/total_params"] == count(whole.params)

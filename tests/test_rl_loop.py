@@ -7,12 +7,14 @@ import pytest
 
 from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import Problem, PromptTemplate
-from r1jax.model import init_params
+from r1jax.model import Transformer, init_params
 from r1jax.rewards import RewardPool, WeightedReward
 from r1jax.rl.loop import GRPOTrainer, TrainingDiverged, overlong_penalty
 from r1jax.tokenizer import Tokenizer
 
 TEMPLATE = PromptTemplate("toy", "Say: {prompt}")
+TOKENS = np.array([[3, 4, 5, 6], [7, 8, 9, 10]], np.int32)
+POSITIONS = np.broadcast_to(np.arange(4, dtype=np.int32), (2, 4))
 
 
 def share_of_a(prompts, completions, **_):
@@ -159,3 +161,26 @@ def test_engine_rollout_gives_the_static_samplers_greedy_rows_and_trains(tok):
     assert np.isfinite(engine.step(probs, jax.random.key(1))["reward/mean"])
     with pytest.raises(ValueError, match="rollout='paged'"):
         GRPOConfig(rollout="paged")
+
+
+def test_lora_trains_adapters_only_on_a_frozen_base_with_the_base_as_reference(tok):
+    from r1jax import lora
+    from r1jax.config import LoRAConfig
+
+    cfg = ModelConfig.tiny(vocab_size=tok.vocab_size)
+    base = init_params(cfg, jax.random.key(0))
+    gcfg = GRPOConfig(group_size=8, prompts_per_step=4, kl_beta=0.01, logprob_chunk=8,
+                      sampling=SamplingSettings(max_new_tokens=8, temperature=1.0))
+    tr = GRPOTrainer(cfg, base, tok, gcfg, OptimizerConfig(learning_rate=3e-2), {"a": WeightedReward(share_of_a, 1.0)},
+                     TEMPLATE, lora=LoRAConfig(rank=4, targets="all-linear"))
+    adapters0 = jax.tree.map(np.array, tr.state.params)
+    assert all("lora" in jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(adapters0)[0])
+    moments = [x for x in jax.tree.leaves(tr.state.opt_state) if np.ndim(x) > 0]
+    assert sum(x.size for x in moments) == 2 * lora.count(adapters0)  # Adam's mu and nu: adapters only
+    rewards = [tr.step(_problems("abcd"), jax.random.fold_in(jax.random.key(1), s))["reward/mean"] for s in range(12)]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tr.frozen), jax.tree.leaves(base)))  # untouched
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tr.state.params), jax.tree.leaves(adapters0)))
+    assert np.mean(rewards[-4:]) > np.mean(rewards[:4]), rewards  # the adapters learn the toy reward
+    forward = jax.jit(lambda c, p: Transformer(c).apply({"params": p}, TOKENS, POSITIONS)[0], static_argnums=0)
+    np.testing.assert_array_equal(forward(tr.model_cfg, tr.ref_params), forward(cfg, base))  # reference = base
+    np.testing.assert_allclose(forward(cfg, tr.final_params()), forward(tr.model_cfg, tr.params), atol=1e-4)

@@ -146,9 +146,9 @@ class Runner:
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every={checkpoint_every} must be >= 1")
         if model_cfg.lora.rank:
-            raise UsageError(f"model.lora.rank={model_cfg.lora.rank}: training with LoRA adapters (a frozen base, an "
-                             "optimizer over the adapters only) is not implemented yet; r1jax.lora holds the adapters' "
-                             "model side (placement, split/merge, fold for export)")
+            raise UsageError(f"model.lora.rank={model_cfg.lora.rank}: adapters belong to a training phase, not to "
+                             "the run's model (every phase would train them with the base): set the phase's lora "
+                             "(RLPhase(lora=...), --set lora.rank=16 in the R1-Zero recipe)")
         self.workdir, self.model_cfg, self.phases, self.seed = os.path.abspath(workdir), model_cfg, phases, seed
         self.checkpoint_every, self.keep_last, self.files = checkpoint_every, keep_last, dict(files or {})
         self.mesh = (sharding.single_device_mesh() if mesh is None

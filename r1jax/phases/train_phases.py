@@ -15,10 +15,12 @@ import jax
 import numpy as np
 
 from r1jax import sharding
-from r1jax.config import GRPOConfig, OptimizerConfig, SamplingSettings
+from r1jax.config import GRPOConfig, LoRAConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import Problem
 from r1jax.data.packing import batches, batches_per_epoch, encode_examples, pack
+from r1jax.lora import count, fold, init_adapters, merge
 from r1jax.metrics import progress, show_metrics
+from r1jax.model import Transformer
 from r1jax.phases.runner import RunContext, abstract_params
 from r1jax.report.capture import RolloutRecorder
 from r1jax.report.rollouts import RolloutLog
@@ -53,7 +55,8 @@ class SFTPhase:
     Pretraining of the tiny base is this phase with empty prompts; the cold start,
     the rejection-sampling SFT and distillation are this phase on their data. With
     a `teacher`, the loss adds logit distillation (make_distill_step); the paper
-    distils by plain SFT on teacher traces (no teacher).
+    distils by plain SFT on teacher traces (no teacher). `lora` with rank > 0 trains LoRA adapters
+    on the frozen params, folded into the kernels when the phase ends (as RLPhase does).
     """
 
     name: str
@@ -67,12 +70,24 @@ class SFTPhase:
     teacher: str = ""  # logit distillation from this r1jax workdir or HF folder (same vocabulary)
     kd_alpha: float = 0.5  # with a teacher: (1−α)·CE + α·τ²·KL(teacher_τ ‖ student_τ)
     kd_temperature: float = 1.0
+    lora: LoRAConfig = LoRAConfig()
 
     def _tx(self):
         return make_optimizer(self.optimizer)
 
+    def _trainable(self, ctx: RunContext, rng: jax.Array) -> Any:
+        """What the optimizer trains: the params, or with LoRA fresh adapters (B = 0)."""
+        if not self.lora.rank:
+            return ctx.params
+        return init_adapters(dataclasses.replace(ctx.model_cfg, lora=self.lora), rng)
+
     def state_template(self, ctx: RunContext) -> Any:
-        return jax.eval_shape(lambda p: init_train_state(p, self._tx()), abstract_params(ctx.model_cfg))
+        if self.lora.rank:
+            cfg = dataclasses.replace(ctx.model_cfg, lora=self.lora)
+            p = jax.eval_shape(lambda key: init_adapters(cfg, key), jax.random.key(0))
+        else:
+            p = abstract_params(ctx.model_cfg)
+        return jax.eval_shape(lambda q: init_train_state(q, self._tx()), p)
 
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
         if ctx.tokenizer is None:
@@ -82,20 +97,24 @@ class SFTPhase:
         examples = encode_examples(ctx.tokenizer, list(self.pairs(ctx)))
         packed, stats = pack(examples, self.seq_len)
         tx = self._tx()
-        state = ctx.place(init_train_state(ctx.params, tx)) if state is None else state
-        state_sharding = sharding.tree_shardings(state, ctx.mesh, cfg=ctx.model_cfg)
+        model_cfg = dataclasses.replace(ctx.model_cfg, lora=self.lora) if self.lora.rank else ctx.model_cfg
+        model = Transformer(model_cfg) if self.lora.rank else ctx.model
+        frozen = ctx.params if self.lora.rank else None  # with LoRA the run's params stay the base until the end
+        if state is None:
+            state = sharding.place(init_train_state(self._trainable(ctx, ctx.rng(0)), tx), ctx.mesh, model_cfg)
+        state_sharding = sharding.tree_shardings(state, ctx.mesh, cfg=model_cfg)
         if self.teacher:
-            from r1jax.model import Transformer
             from r1jax.phases.init_phases import load_source
 
             teacher_cfg, teacher_params, _ = load_source(self.teacher)
             teacher_params = sharding.place(teacher_params, ctx.mesh, teacher_cfg)
-            distill = make_distill_step(ctx.model, Transformer(teacher_cfg), tx, alpha=self.kd_alpha,
+            distill = make_distill_step(model, Transformer(teacher_cfg), tx, alpha=self.kd_alpha,
                                         temperature=self.kd_temperature, chunk=self.logprob_chunk,
                                         state_sharding=state_sharding)
-            step_fn = lambda s, b: distill(s, b, teacher_params)  # noqa: E731
+            step_fn = lambda s, b: distill(s, b, teacher_params, frozen)  # noqa: E731
         else:
-            step_fn = make_sft_step(ctx.model, tx, chunk=self.logprob_chunk, state_sharding=state_sharding)
+            sft = make_sft_step(model, tx, chunk=self.logprob_chunk, state_sharding=state_sharding)
+            step_fn = lambda s, b: sft(s, b, frozen)  # noqa: E731
         cursor = cursor or {"step": 0, "epoch": 0, "index": 0}
         per_epoch = batches_per_epoch(packed, self.batch_size)
         if per_epoch == 0:
@@ -117,12 +136,16 @@ class SFTPhase:
             else:
                 ctx.advance()
             bar.update(1)
-            ctx.params = state.params  # what a checkpoint written now must hold
+            if frozen is None:
+                ctx.params = state.params  # what a checkpoint written now must hold
             ctx.maybe_save(step + 1, state, cursor)
         bar.close()
-        ctx.params = state.params
+        ctx.params = state.params if frozen is None else fold(model_cfg, merge(frozen, state.params))[1]
         ctx.results[self.name] = {"rows": int(packed.tokens_BxL.shape[0]), "fill": float(stats.fill),
                                   "dropped_overlong": int(stats.dropped_overlong)}
+        if frozen is not None:
+            ctx.results[self.name].update({"lora/trainable_params": float(count(state.params)),
+                                           "lora/total_params": float(count(frozen))})
 
 
 def problem_stream(problems: Sequence[Problem], seed: int, start: int) -> Callable[[int], list[Problem]]:
@@ -149,6 +172,9 @@ class RLPhase:
     Every `eval_every` steps it evaluates on `eval_problems(ctx)` with `eval_sampling` (None: the
     paper's protocol at the rollouts' max_new_tokens and stop ids, `SamplingSettings.paper_evaluation`).
     `rollout_log` names the steps whose whole rollouts are saved under `workdir/rollouts/` (r1jax.report).
+    `lora` with rank > 0 trains LoRA adapters on the frozen params (r1jax.lora): checkpoints inside the
+    phase hold the base as it came and the adapters in the phase state; at the end the adapters are
+    folded into the kernels, so later phases see plain params.
     """
 
     name: str
@@ -165,16 +191,21 @@ class RLPhase:
     eval_k: int = 4
     eval_sampling: SamplingSettings | None = None
     rollout_log: RolloutLog = RolloutLog()
+    lora: LoRAConfig = LoRAConfig()
 
     def state_template(self, ctx: RunContext) -> Any:
-        p = abstract_params(ctx.model_cfg)
+        if self.lora.rank:  # the trainable part: the adapters
+            cfg = dataclasses.replace(ctx.model_cfg, lora=self.lora)
+            p = jax.eval_shape(lambda key: init_adapters(cfg, key), jax.random.key(0))
+        else:
+            p = abstract_params(ctx.model_cfg)
         train = jax.eval_shape(lambda q: init_train_state(q, make_optimizer(self.optimizer)), p)
         return {"train": train, "ref": p if self.grpo.kl_beta else {}}
 
     def _evaluate(self, ctx: RunContext, trainer: GRPOTrainer, step: int) -> dict[str, float]:
         from r1jax.evaluate import evaluate
 
-        result = evaluate(trainer.state.params, ctx.model_cfg, ctx.tokenizer, self.eval_problems(ctx),
+        result = evaluate(trainer.params, trainer.model_cfg, ctx.tokenizer, self.eval_problems(ctx),
                           settings=self.eval_sampling or self.grpo.sampling.paper_evaluation(), template=self.template,
                           rng=jax.random.fold_in(ctx.rng(step), 1 << 20), k=self.eval_k,
                           sampler=trainer.engine or trainer.sampler,
@@ -189,10 +220,10 @@ class RLPhase:
         take = problem_stream(problems, ctx.phase_seed, cursor["problems"])
         with RewardPool(self.reward_workers, self.reward_timeout_s) as pool:
             trainer = GRPOTrainer(ctx.model_cfg, ctx.params, ctx.tokenizer, self.grpo, self.optimizer, self.rewards,
-                                  self.template, pool=pool, seed=ctx.phase_seed, mesh=ctx.mesh)
+                                  self.template, pool=pool, seed=ctx.phase_seed, mesh=ctx.mesh, lora=self.lora)
             if state is not None:
                 trainer.state = state["train"]
-                trainer.ref_params = state["ref"] if self.grpo.kl_beta else None
+                trainer.ref_trainable = state["ref"] if self.grpo.kl_beta else None
             trainer.rl_step, trainer.bad_steps = cursor["step"], cursor["bad_steps"]
             bar = progress(total=self.steps, desc=self.name, initial=cursor["step"])
             recorder = RolloutRecorder(ctx.workdir, self.rollout_log, self.name, self.steps, ctx.global_step)
@@ -207,9 +238,13 @@ class RLPhase:
                 show_metrics(bar, {k: m[k] for k in ("reward/mean", "completion/length_mean") if k in m})
                 bar.update(1)
                 ctx.log({k: v for k, v in m.items() if not k.startswith("time/") and "throughput" not in k})
-                ctx.params = trainer.state.params
+                if not self.lora.rank:  # with LoRA the run's params stay the base until the phase ends
+                    ctx.params = trainer.params
                 cursor = {"step": step + 1, "problems": take.position[0], "bad_steps": trainer.bad_steps}
-                ctx.maybe_save(step + 1, {"train": trainer.state, "ref": trainer.ref_params or {}}, cursor)
+                ctx.maybe_save(step + 1, {"train": trainer.state, "ref": trainer.ref_trainable or {}}, cursor)
             bar.close()
-        ctx.params = trainer.state.params
+        ctx.params = trainer.final_params()
+        if self.lora.rank:
+            ctx.results[self.name] = {"lora/trainable_params": float(count(trainer.state.params)),
+                                      "lora/total_params": float(count(trainer.frozen))}
 

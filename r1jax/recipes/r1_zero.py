@@ -20,7 +20,8 @@ import os
 import random
 from typing import Any
 
-from r1jax.config import Execution, GRPOConfig, ModelConfig, MoEConfig, OptimizerConfig, SamplingSettings
+from r1jax.config import (Execution, GRPOConfig, LoRAConfig, ModelConfig, MoEConfig, OptimizerConfig,
+                          SamplingSettings)
 from r1jax.data import (R1_ZERO, ArithmeticConfig, CountdownConfig, generate_arithmetic, generate_countdown,
                         load_jsonl, worked_solution)
 from r1jax.errors import UsageError
@@ -62,6 +63,7 @@ class R1ZeroConfig:
     eval_k: int = 4
     checkpoint_every: int = 20
     rollout_log: RolloutLog = RolloutLog()  # RL steps saved whole for the report: rollout_log.every, .max_rows
+    lora: LoRAConfig = LoRAConfig()  # rank > 0: GRPO trains LoRA adapters on the frozen base (lora.rank, .targets)
 
 
 def _real(max_new_tokens: int, params_over_data: bool = False) -> R1ZeroConfig:
@@ -208,7 +210,7 @@ def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None
         EvalPhase("base_eval", lambda ctx: test, **evaluation),
         RLPhase("rl", lambda ctx: train, rewards or default_rewards(cfg), R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,
                 optimizer=cfg.rl_optimizer, eval_problems=lambda ctx: test, eval_every=cfg.eval_every,
-                eval_k=cfg.eval_k, rollout_log=cfg.rollout_log, **pool),
+                eval_k=cfg.eval_k, rollout_log=cfg.rollout_log, lora=cfg.lora, **pool),
         EvalPhase("final_eval", lambda ctx: test, **evaluation),
     ]
     return Runner(workdir, model_cfg, phases, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,

@@ -47,7 +47,7 @@ def capture(trainer: Any, phase: str, phase_step: int, step: int, max_rows: int,
     part = max(1, rows_total // (cfg.num_minibatches * cfg.grad_accum))
     idx = where_B[:n]
     idx = np.concatenate([idx, np.repeat(idx[-1:], -n % part)]).astype(np.int32)
-    outs = [sharding.to_host(stats(trainer.state.params, batch, jnp.asarray(idx[k:k + part])))
+    outs = [sharding.to_host(stats(trainer.params, batch, jnp.asarray(idx[k:k + part])))
             for k in range(0, len(idx), part)]
     out = {k: np.concatenate([o[k] for o in outs])[:n].astype(np.float32) for k in outs[0]}
 

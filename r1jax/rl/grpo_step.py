@@ -2,6 +2,7 @@
 
     step = make_grpo_step(model, tx, grpo_cfg)   # or policy_loss=fn: a loss of your own
     state, metrics = step(state, batch, key)     # state is donated
+    state, metrics = step(state, batch, key, frozen)   # LoRA: state holds the adapters, `frozen` the base
 
 `batch` is a `GRPOBatch` of B = prompts·G rows. Rows are dealt into
 `num_minibatches` strided minibatches (minibatch k holds rows k, k + M, k + 2M, …;
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from r1jax import lora
 from r1jax.config import GRPOConfig
 from r1jax.model import Transformer
 from r1jax.rl.grpo import aggregate, grpo_objective
@@ -95,9 +97,10 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
     `policy_loss` (r1jax.rl.objectives.PolicyLossFn) replaces the loss `cfg.policy_loss` names."""
     pg_loss = policy_loss or configured_policy_loss(cfg)
 
-    def loss_fn(params, mb: GRPOBatch, token_count: jax.Array, rng: jax.Array):
+    def loss_fn(params, mb: GRPOBatch, token_count: jax.Array, rng: jax.Array, frozen):
+        full = params if frozen is None else lora.merge(frozen, params)  # LoRA: gradients reach the adapters only
         logp_BxT, ent_BxT, aux, stats = completion_logps_aux(
-            model, params, mb.prompt_BxP, mb.prompt_mask_BxP, mb.completion_BxT, mb.completion_mask_BxT,
+            model, full, mb.prompt_BxP, mb.prompt_mask_BxP, mb.completion_BxT, mb.completion_mask_BxT,
             cfg.logprob_chunk, with_entropy=True)
         is_weights_BxT = None
         if cfg.rollout_is != "none":
@@ -120,7 +123,7 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def minibatch_grads(params, mb: GRPOBatch, rng: jax.Array):
+    def minibatch_grads(params, mb: GRPOBatch, rng: jax.Array, frozen):
         # token means over the whole minibatch: each micro-batch divides by its share of the
         # minibatch's tokens, so micro-batches with few tokens are not up-weighted (DAPO)
         token_count = jnp.maximum(mb.loss_mask_BxT.astype(jnp.float32).sum(), 1.0) / cfg.grad_accum
@@ -130,14 +133,14 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
 
         def grads_and_metrics(i):
             (_, metrics), grads = grad_fn(params, _deal(mb, i, cfg.grad_accum), token_count,
-                                          jax.random.fold_in(rng, i))
+                                          jax.random.fold_in(rng, i), frozen)
             return grads, metrics
 
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grads_and_metrics, 0))
         (grads, metrics), _ = jax.lax.scan(accumulate, zeros, jnp.arange(cfg.grad_accum))
         return jax.tree.map(lambda x: x / cfg.grad_accum, (grads, metrics))
 
-    def step(state: TrainState, batch: GRPOBatch, key: jax.Array | None = None):
+    def step(state: TrainState, batch: GRPOBatch, key: jax.Array | None = None, frozen: Any = None):
         rows = batch.advantages_B.shape[0]
         if rows % (cfg.num_minibatches * cfg.grad_accum):
             raise ValueError(f"batch of {rows} rows does not split into {cfg.num_minibatches} minibatches "
@@ -160,11 +163,14 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
             batch = batch.replace(loss_mask_BxT=kept_BxT)
 
         def one_update(state, mb: GRPOBatch, rng: jax.Array):
-            grads, metrics = minibatch_grads(state.params, mb, rng)
+            grads, metrics = minibatch_grads(state.params, mb, rng, frozen)
             state, opt_metrics = apply_gradients(state, grads, metrics["loss"], tx)
-            params, metrics = balance_experts(model, state.params, {**metrics, **opt_metrics},
-                                              applied=opt_metrics["finite"] > 0)
-            state = state.replace(params=params)
+            if frozen is None:  # with LoRA the router bias is part of the frozen base: it stays
+                params, metrics = balance_experts(model, state.params, {**metrics, **opt_metrics},
+                                                  applied=opt_metrics["finite"] > 0)
+                state = state.replace(params=params)
+            else:
+                metrics = {**{k: v for k, v in metrics.items() if k != "moe/expert_load"}, **opt_metrics}
             if post_update is not None:
                 state = post_update(state, metrics)
             return state, metrics

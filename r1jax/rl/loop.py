@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from r1jax import lora as r1lora
 from r1jax import sharding
-from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig
+from r1jax.config import GRPOConfig, LoRAConfig, ModelConfig, OptimizerConfig
 from r1jax.data import Problem
 from r1jax.engine import Engine
 from r1jax.rewards import RewardPool, WeightedReward, combine_rewards
@@ -82,8 +83,19 @@ class GRPOTrainer:
                  opt_cfg: OptimizerConfig, rewards: Mapping[str, WeightedReward], template: Any,
                  pool: RewardPool | None = None, add_bos: bool = True, prompt_bucket: int = 32,
                  post_update: Callable[[TrainState, dict], TrainState] | None = None, seed: int = 0,
-                 mesh: Mesh | None = None, policy_loss: PolicyLossFn | None = None):
+                 mesh: Mesh | None = None, policy_loss: PolicyLossFn | None = None, lora: LoRAConfig = LoRAConfig(),
+                 adapters: Any = None):
+        """`lora` with rank > 0 trains adapters on a frozen base (`params`, never updated or donated): the
+        optimizer holds the adapters only, and the KL reference is the base with adapters off (no copy of
+        the weights). `adapters` resumes them (default: fresh, B = 0)."""
         self.cfg, self.tok, self.rewards, self.template, self.pool = cfg, tokenizer, rewards, template, pool
+        if lora.rank:
+            model_cfg = dataclasses.replace(model_cfg, lora=lora)
+            self.frozen = params
+            params = r1lora.init_adapters(model_cfg, jax.random.key(seed)) if adapters is None else adapters
+        else:
+            self.frozen = None
+        self.model_cfg = model_cfg
         self.add_bos = add_bos
         self.sampler = Sampler(model_cfg, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                                prompt_bucket=prompt_bucket)
@@ -109,12 +121,32 @@ class GRPOTrainer:
         if mesh is not None:
             self.state = sharding.place(self.state, mesh, model_cfg)
             state_sharding = sharding.tree_shardings(self.state, mesh, cfg=model_cfg)
-        self.ref_params = jax.tree.map(jnp.copy, self.state.params) if cfg.kl_beta else None
+        # the reference's trainable part: a copy of the params, or with LoRA the adapters switched off
+        self.ref_trainable = None
+        if cfg.kl_beta:
+            copied = jax.tree.map(jnp.copy, self.state.params)  # the state is donated to the update
+            self.ref_trainable = copied if self.frozen is None else r1lora.adapters_off(copied)
         self._update = make_grpo_step(self.sampler.model, self.tx, cfg, post_update, state_sharding, policy_loss)
         self._logps = make_logps_fn(self.sampler.model, cfg.logprob_chunk, cfg.num_minibatches * cfg.grad_accum)
         self.seed = seed
         self.rl_step = 0
         self.bad_steps = 0
+
+    @property
+    def params(self) -> Any:
+        """The policy's whole params: the train state's, or with LoRA the frozen base merged with the adapters."""
+        return self.state.params if self.frozen is None else r1lora.merge(self.frozen, self.state.params)
+
+    @property
+    def ref_params(self) -> Any:
+        """The KL reference's params (None without a KL term)."""
+        if self.ref_trainable is None:
+            return None
+        return self.ref_trainable if self.frozen is None else r1lora.merge(self.frozen, self.ref_trainable)
+
+    def final_params(self) -> Any:
+        """What the run keeps after this trainer: the params, with LoRA the adapters folded into the kernels."""
+        return self.params if self.frozen is None else r1lora.fold(self.model_cfg, self.params)[1]
 
     # ------------------------------------------------------------------ rollout
     def rollout(self, problems: Sequence[Problem], rng: jax.Array) -> Rollout:
@@ -122,7 +154,7 @@ class GRPOTrainer:
         cfg, g = self.cfg, self.cfg.group_size
         prompts = [self.template.render(p.question) for p in problems]
         prompt_ids = [self.tok.encode(t, add_bos=self.add_bos) for t in prompts]
-        out = (self.engine or self.sampler).generate(self.state.params, prompt_ids, rng, group_size=g,
+        out = (self.engine or self.sampler).generate(self.params, prompt_ids, rng, group_size=g,
                                                      settings=self.settings)
         completion_BxT, logps_BxT, lengths_B, truncated_B = sharding.to_host(
             (out.tokens_BxT, out.logps_BxT, out.lengths_B, out.truncated_B))
@@ -218,16 +250,16 @@ class GRPOTrainer:
         batch = jax.tree.map(lambda x: x[order], batch)
         batch = jax.tree.map(jnp.asarray, batch) if self.mesh is None else sharding.shard_batch(batch, self.mesh)
         if cfg.recompute_old_logps:
-            batch = batch.replace(old_logps_BxT=self._logps(self.state.params, batch))
+            batch = batch.replace(old_logps_BxT=self._logps(self.params, batch))
         if self.ref_params is not None:
             batch = batch.replace(ref_logps_BxT=self._logps(self.ref_params, batch))
         # the update's randomness (later epochs' minibatches, Clip-Cov's tokens): a function of (seed, step)
         key = jax.random.fold_in(jax.random.key(self.seed), self.rl_step)
-        self.state, dev_metrics = self._update(self.state, batch, key)
+        self.state, dev_metrics = self._update(self.state, batch, key, self.frozen)
         dev_metrics = sharding.to_host(dev_metrics)
         self.rl_step += 1
-        if cfg.ref_refresh_every and self.ref_params is not None and self.rl_step % cfg.ref_refresh_every == 0:
-            self.ref_params = jax.tree.map(jnp.copy, self.state.params)
+        if cfg.ref_refresh_every and self.ref_trainable is not None and self.rl_step % cfg.ref_refresh_every == 0:
+            self.ref_trainable = jax.tree.map(jnp.copy, self.state.params)
 
         self.bad_steps = self.bad_steps + 1 if dev_metrics["skipped"] >= dev_metrics["updates"] else 0
         if self.bad_steps >= cfg.max_bad_steps:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from r1jax import lora
 from r1jax.data.packing import PackedBatch
 from r1jax.model import Transformer
 from r1jax.train.logprobs import balance_experts, hidden_with_aux, scan_chunks, target_logp
@@ -88,8 +89,9 @@ def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int
     if grad_accum < 1:
         raise ValueError(f"grad_accum={grad_accum} must be >= 1")
 
-    def loss_fn(params, mb: PackedBatch, teacher_params, total):
-        ce_BxL, correct_BxL, kl_BxL, w_BxL, (aux, stats) = token_losses(model, params, mb, chunk, teacher,
+    def loss_fn(params, mb: PackedBatch, teacher_params, total, frozen):
+        full = params if frozen is None else lora.merge(frozen, params)  # LoRA: gradients reach the adapters only
+        ce_BxL, correct_BxL, kl_BxL, w_BxL, (aux, stats) = token_losses(model, full, mb, chunk, teacher,
                                                                         teacher_params, temperature)
         per_token_BxL = ce_BxL if teacher is None else (1 - alpha) * ce_BxL + alpha * temperature ** 2 * kl_BxL
         sums = {"loss": (per_token_BxL * w_BxL).sum(), "ce": (ce_BxL * w_BxL).sum(),
@@ -104,7 +106,7 @@ def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state: TrainState, batch: PackedBatch, teacher_params):
+    def step(state: TrainState, batch: PackedBatch, teacher_params, frozen=None):
         rows = batch.tokens_BxL.shape[0]
         if rows % grad_accum:
             raise ValueError(f"batch of {rows} rows does not split into {grad_accum} micro-batches")
@@ -113,7 +115,7 @@ def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int
         total = jnp.maximum(tokens, 1.0)
 
         def grads_and_sums(i):
-            (_, sums), grads = grad_fn(state.params, _rows(batch, i * micro, micro), teacher_params, total)
+            (_, sums), grads = grad_fn(state.params, _rows(batch, i * micro, micro), teacher_params, total, frozen)
             return grads, sums
 
         if grad_accum == 1:
@@ -124,8 +126,11 @@ def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int
                                             zeros, jnp.arange(grad_accum))
         metrics = {k: v / total for k, v in sums.items()}
         state, opt_metrics = apply_gradients(state, grads, metrics["loss"], tx)
-        params, metrics = balance_experts(model, state.params, metrics, applied=opt_metrics["finite"] > 0)
-        state = state.replace(params=params)
+        if frozen is None:  # with LoRA the router bias is part of the frozen base: it stays
+            params, metrics = balance_experts(model, state.params, metrics, applied=opt_metrics["finite"] > 0)
+            state = state.replace(params=params)
+        else:
+            metrics.pop("moe/expert_load", None)
         metrics = {**metrics, **opt_metrics, "skipped": 1.0 - opt_metrics["finite"], "tokens": tokens,
                    "input_tokens": (batch.segment_ids_BxL != 0).sum().astype(jnp.float32)}
         if post_update is not None:
@@ -138,12 +143,13 @@ def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int
 def make_sft_step(model: Transformer, tx: optax.GradientTransformation, chunk: int = 256,
                   post_update: Callable[[TrainState, Metrics], TrainState] | None = None, *, grad_accum: int = 1,
                   state_sharding: Any = None) -> Callable[[TrainState, PackedBatch], tuple[TrainState, Metrics]]:
-    """Jitted SFT update (state donated); metrics: loss, ce, accuracy, tokens, input_tokens, grad_norm, skipped.
+    """Jitted (state, batch, frozen=None) SFT update (state donated); metrics: loss, ce, accuracy, tokens, input_tokens,
+    grad_norm, skipped. With LoRA the state holds the adapters and `frozen` the base params (r1jax.lora).
 
     `state_sharding` (r1jax.sharding.tree_shardings of the state) pins the new state's layout to the old one's.
     """
     step = _build_step(model, tx, chunk, grad_accum, post_update, None, 0.0, 1.0)
-    return jax.jit(lambda state, batch: step(state, batch, None), donate_argnums=(0,),
+    return jax.jit(lambda state, batch, frozen=None: step(state, batch, None, frozen), donate_argnums=(0,),
                    out_shardings=(state_sharding, None))
 
 

@@ -75,9 +75,11 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from r1jax import lora as r1lora  # noqa: E402
 from r1jax import sharding  # noqa: E402
 from r1jax.cli import apply_overrides  # noqa: E402
-from r1jax.config import GRPOConfig, MLAConfig, ModelConfig, MoEConfig, OptimizerConfig, SamplingSettings  # noqa: E402
+from r1jax.config import (GRPOConfig, LoRAConfig, MLAConfig, ModelConfig, MoEConfig, OptimizerConfig,  # noqa: E402
+                          SamplingSettings)
 from r1jax.hf_config import config_from_hf, rope_scaling_from_hf  # noqa: E402
 from r1jax.model import Transformer, init_params  # noqa: E402
 from r1jax.sampling import Sampler  # noqa: E402
@@ -243,9 +245,22 @@ def plan_programs(cfg: ModelConfig, step: StepPlan, mesh) -> list[dict]:
     model, tx = Transformer(cfg), make_optimizer(RL_OPTIMIZER)
     rows = []
     with sharding.use_mesh(mesh):
-        state = abstract_state(cfg, tx, mesh)
-        params_b, state_b = device_bytes(state.params), device_bytes(state)
-        resident = state_b + (params_b if grpo.kl_beta else 0)  # train state + reference params
+        frozen, frozen_b = None, 0
+        if cfg.lora.rank:  # LoRA: the state holds the adapters; the frozen base is a separate argument
+            base_cfg = dataclasses.replace(cfg, lora=LoRAConfig())
+            frozen = sharding.abstract_with_shardings(
+                jax.eval_shape(lambda: init_params(base_cfg, jax.random.key(0))), mesh, base_cfg)
+            adapters = jax.eval_shape(lambda key: r1lora.init_adapters(cfg, key), jax.random.key(0))
+            state = sharding.abstract_with_shardings(jax.eval_shape(lambda p: init_train_state(p, tx), adapters),
+                                                     mesh, cfg)
+            frozen_b = device_bytes(frozen)
+            params = r1lora.merge(frozen, state.params)
+        else:
+            state = abstract_state(cfg, tx, mesh)
+            params = state.params
+        params_b, state_b = device_bytes(params), device_bytes(state)
+        # train state (+ the frozen base) + the reference (a copy of the params; with LoRA only its adapters)
+        resident = state_b + frozen_b + (device_bytes(state.params) if grpo.kl_beta else 0)
         batch = abstract_batch(grpo, prompt_len, mesh)
 
         def add(name, row, args_held):  # args_held: resident bytes the program takes as arguments
@@ -254,20 +269,20 @@ def plan_programs(cfg: ModelConfig, step: StepPlan, mesh) -> list[dict]:
 
         if "update" in programs:
             update = make_grpo_step(model, tx, grpo, None, sharding.tree_shardings(state, mesh, cfg=cfg))
-            add("update", step.compile(update, state, batch)[0], state_b)
+            add("update", step.compile(update, state, batch, None, frozen)[0], state_b + frozen_b)
         if "logps" in programs:
             logps = make_logps_fn(model, grpo.logprob_chunk, grpo.num_minibatches * grpo.grad_accum)
-            add("logps", step.compile(logps, state.params, batch)[0], params_b)
+            add("logps", step.compile(logps, params, batch)[0], params_b)
         if "prefill" in programs or "decode" in programs:  # decode is fed what prefill returns
             sampler = Sampler(cfg, eos_id=1, pad_id=0)
             prompts = grpo.prompts_per_step
             prompt_PxL, mask_PxL = _sds((prompts, prompt_len), jnp.int32, mesh), _sds((prompts, prompt_len), bool, mesh)
-            row, prefill = step.compile(sampler._prefill, state.params, prompt_PxL, mask_PxL,
+            row, prefill = step.compile(sampler._prefill, params, prompt_PxL, mask_PxL,
                                         group_size=grpo.group_size, max_new_tokens=grpo.sampling.max_new_tokens)
             add("prefill", row, params_b)
             if "decode" in programs:
                 decode_args = decode_inputs(prefill, step.rows, mesh)
-                row = step.compile(sampler._decode, state.params, *decode_args, top_k=None,
+                row = step.compile(sampler._decode, params, *decode_args, top_k=None,
                                    stop_ids=sampler.stop_ids)[0]
                 add("decode", {**row, "state_layout": layout(decode_args[0])}, params_b)
     return rows
@@ -357,6 +372,8 @@ def table(rows: list[dict]) -> str:
                   else f"{r['layers']}/{r['full_layers']}")
         fits = " | ".join("yes" if r["total"] <= g * GIB else "no" for g in CHIPS_GIB.values())
         mesh = r["mesh"] + (" params_over_data" if r.get("model", {}).get("params_over_data") else "")
+        rank = (r.get("model", {}).get("lora") or {}).get("rank", 0)
+        mesh += f" LoRA r{rank} {r['model']['lora']['targets']}" if rank else ""
         lines.append(f"| {r['shape']} | {layers} | {mesh} | {r['minibatch_rows']} | {r['new_tokens']} "
                      f"| {r['program']} | {_gib(r['args'])} | {_gib(r['temp'])} | {_gib(r['peak'])} "
                      f"| {_gib(r['total'])} | {r['compile_s']:.1f} | {fits} |")

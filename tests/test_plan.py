@@ -75,3 +75,13 @@ def test_params_over_data_halve_the_update_state_on_2x4():
     # the train state (params + Adam moments) is most of the update's arguments: split 8 ways, not 4
     assert zero["args"] < 0.7 * hybrid["args"]
     assert "params_over_data" in plan.table([zero]) and "params_over_data" not in plan.table([hybrid])
+
+
+def test_lora_plans_the_adapters_as_state_and_the_base_as_a_frozen_argument():
+    update = SMALL + ["--new-tokens", "8", "--programs", "update,logps"]
+    full = {r["program"]: r for r in plan.main(update)}
+    lora = {r["program"]: r for r in plan.main(update + ["--model-set", "lora.rank=2"])}
+    assert "LoRA r2 all-linear" in plan.table(list(lora.values()))
+    # no Adam moments for the base: the update's arguments shrink although adapters are added
+    assert lora["update"]["args"] < 0.6 * full["update"]["args"]
+    assert lora["logps"]["args"] > full["logps"]["args"]  # the same base, plus the adapters

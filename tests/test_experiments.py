@@ -71,11 +71,16 @@ def test_r1_recipe_composes_every_stage(tmp_path):
     # the paper's order: keep the pretrained base, and SFT on the rejection-sampled traces starts from it
     assert from_base.index("snapshot_base") == from_base.index("pretrain") + 1
     assert from_base.index("restore_base") == from_base.index("rejection_sampling") + 1 == from_base.index("sft") - 1
-    import pytest
+    from r1jax.checkpoint import Checkpointer
 
     with pytest.raises(StopRun):
         runner.run(stop_at_step=3)
-    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] in ([], [0, 1, 2])
+    # the stop came inside pretraining (4 steps, logged every 10 and at its end; checkpoints every 20):
+    # nothing logged yet, and the last checkpoint is the finished tokenizer phase a resume starts after
+    with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+        meta = ckpt.read_meta()
+    assert (meta["phase_name"], meta["done"], meta["global_step"]) == ("tokenizer", True, 0)
+    assert read_metrics(tmp_path / "metrics.jsonl") == []
 
 
 def test_bench_writes_json_and_a_table(tmp_path, capsys):

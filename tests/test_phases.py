@@ -270,3 +270,26 @@ def test_lora_sft_trains_adapters_on_the_frozen_params_and_resumes(tmp_path):
     losses = [r["adapt/loss"] for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if "adapt/loss" in r]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert whole.results["adapt"]["lora/trainable_params"] == 2 * 3 * (32 * 4 + 4 * 64)  # gate, up: 32→64; down
+
+
+def test_rejection_sampling_keeps_exactly_the_clean_correct_traces(tmp_path, monkeypatch):
+    """The phase's own rules on known candidates (the sampler stubbed): it cannot pass by keeping nothing."""
+    from types import SimpleNamespace
+
+    from r1jax.phases import sample_phases
+
+    good = "<think> 2 + 2 = 4. </think> <answer> 4 </answer>"
+    candidates = [  # (completion, correct, truncated) for two problems, k = 3
+        [(good, True, False), (good + " ", True, False), ("<answer> 4 </answer>", True, False)],
+        [(good, False, False), (good, True, True), ("<think> 二加二 </think> <answer> 4 </answer>", True, False)]]
+    records = [SimpleNamespace(completions=[c for c, _, _ in rows], correct=[ok for _, ok, _ in rows],
+                               truncated=[t for _, _, t in rows]) for rows in candidates]
+    monkeypatch.setattr(sample_phases, "sample_and_score", lambda phase, ctx, problems: SimpleNamespace(records=records))
+    ctx = SimpleNamespace(workdir=str(tmp_path), results={}, log=lambda m: None)
+    phase = RejectionSamplingPhase("rs", lambda c: _problems(c, "train", 2), TEMPLATE,
+                                   SamplingSettings(max_new_tokens=8), k=3)
+    phase.run(ctx, None, None)
+    rows = [json.loads(line) for line in (tmp_path / "rs.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in rows] == [good]  # one per problem; the second problem has none clean
+    assert ctx.results["rs"] == {"kept": 1.0, "sampled": 6.0, "rejected/malformed": 1.0, "rejected/incorrect": 1.0,
+                                 "rejected/truncated": 1.0, "rejected/mixed_language": 1.0}

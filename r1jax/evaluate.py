@@ -23,7 +23,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -85,6 +85,11 @@ def normalize_answer(answer: str | None) -> str | None:
         text = text.replace(",", "")
     value = as_fraction(text)
     return str(value) if value is not None else (text or None)
+
+
+def cons_key(metrics: Mapping[str, Any]) -> str | None:
+    """The overall cons@k entry of an evaluation's metrics (k is the run's), or None; not a `<task>/cons@k`."""
+    return next((name for name in metrics if name.startswith("cons@") and "/" not in name), None)
 
 
 def majority_vote(answers: Sequence[str | None]) -> str | None:

@@ -261,3 +261,10 @@ def test_the_engine_evaluates_like_the_static_sampler(tiny):
     paged = _run(tiny, _toy_problems(5), temperature=0.0, sampler=engine)
     assert [r.completions for r in paged.records] == [r.completions for r in static.records]
     assert paged.summary() == static.summary()
+
+
+def test_cons_key_finds_the_overall_cons_at_k_whatever_k():
+    from r1jax.evaluate import cons_key
+
+    assert cons_key({"pass@1": 0.5, "arithmetic/cons@8": 0.2, "cons@8": 0.3}) == "cons@8"
+    assert cons_key({"pass@1": 0.5, "arithmetic/cons@8": 0.2}) is None

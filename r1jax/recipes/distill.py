@@ -130,13 +130,15 @@ def run(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, dict]:
 
 def report(results: dict[str, dict]) -> str:
     """Markdown: held-out metrics of the student base, the teacher, the distilled and the RL-only student."""
+    from r1jax.evaluate import cons_key
+
     rows = [("student base", results["student_base"]), ("teacher", results["teacher_traces"]),
             ("student, distilled", results["distilled"]), ("student, RL alone", results["rl_only"])]
     lines = ["| model | pass@1 | cons@k | format | completion length | stage wall time (s) |",
              "|---|---|---|---|---|---|"]
     for label, r in rows:
         ev = r.get("final_eval", {})
-        cons = next((ev[n] for n in ev if n.startswith("cons@") and "/" not in n), float("nan"))
+        cons = ev.get(cons_key(ev), float("nan"))
         lines.append(f"| {label} | {ev.get('pass@1', float('nan')):.3f} | {cons:.3f} | "
                      f"{ev.get('format', float('nan')):.3f} | {ev.get('length_mean', float('nan')):.1f} | "
                      f"{r['seconds']:.0f} |")
@@ -148,3 +150,4 @@ def report(results: dict[str, dict]) -> str:
 
 
 __all__ = ["DistillConfig", "PRESETS", "STAGES", "before_after_table", "build", "check_teacher", "report", "run"]
+

@@ -93,13 +93,16 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
 
 def report(ctx) -> str:
     """Markdown table of held-out pass@1, cons@k, format and length after every stage, plus the rejection count."""
+    from r1jax.evaluate import cons_key
+
     lines = ["| stage | pass@1 | cons@k | format | completion length |", "|---|---|---|---|---|"]
     for name in STAGES:
         r = ctx.results.get(name, {})
         if r:
-            cons = next((r[n] for n in r if n.startswith("cons@") and "/" not in n), float("nan"))
+            cons = r.get(cons_key(r), float("nan"))
             lines.append(f"| {name.removesuffix('_eval')} | {r['pass@1']:.3f} | {cons:.3f} | {r['format']:.3f} "
                          f"| {r['length_mean']:.1f} |")
     rs = ctx.results.get("rejection_sampling", {})
     lines.append(f"\nrejection sampling kept {rs.get('kept', 0):.0f} of {rs.get('sampled', 0):.0f} samples")
     return "\n".join(lines)
+

@@ -219,7 +219,9 @@ def build(cfg: R1ZeroConfig, workdir: str, rewards: dict[str, Any] | None = None
 
 def before_after_table(before: dict, after: dict, columns: tuple[str, str] = ("base", "after GRPO")) -> str:
     """Markdown table of pass@1, cons@k, format, completion length and what the reasoning shows, before and after."""
-    cons = next((n for n in after if n.startswith("cons@") and "/" not in n), "")
+    from r1jax.evaluate import cons_key
+
+    cons = cons_key(after) or ""
     rows = [("pass@1", "pass@1"), ("cons@k", cons), ("format", "format"), ("completion length", "length_mean"),
             ("lenient pass@1 (answer outside the format too)", "lenient_pass@1"),
             ("accuracy among well-formed", "accuracy_well_formed"), ("slip rate (per step)", "slip_rate"),

@@ -250,7 +250,7 @@ def plan_programs(cfg: ModelConfig, step: StepPlan, mesh) -> list[dict]:
             base_cfg = dataclasses.replace(cfg, lora=LoRAConfig())
             frozen = sharding.abstract_with_shardings(
                 jax.eval_shape(lambda: init_params(base_cfg, jax.random.key(0))), mesh, base_cfg)
-            adapters = jax.eval_shape(lambda key: r1lora.init_adapters(cfg, key), jax.random.key(0))
+            adapters = r1lora.abstract_adapters(cfg)
             state = sharding.abstract_with_shardings(jax.eval_shape(lambda p: init_train_state(p, tx), adapters),
                                                      mesh, cfg)
             frozen_b = device_bytes(frozen)

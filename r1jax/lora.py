@@ -14,6 +14,7 @@ carry a leading layer axis on all three):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -69,11 +70,22 @@ def add_adapters(cfg: ModelConfig, base_params: dict, rng: jax.Array) -> dict:
     return merge(base_params, init_adapters(cfg, rng))
 
 
-def init_adapters(cfg: ModelConfig, rng: jax.Array) -> dict:
-    """Fresh adapters only (A kaiming-uniform, B zeros); the base's init is traced but not kept (XLA drops it)."""
+@functools.lru_cache(maxsize=16)
+def _adapter_init(cfg: ModelConfig):
+    """The jitted init of `cfg`'s adapters, once per config."""
     from r1jax.model import init_params
 
-    return jax.jit(lambda r: split(init_params(cfg, r))[1])(rng)
+    return jax.jit(lambda r: split(init_params(cfg, r))[1])
+
+
+def init_adapters(cfg: ModelConfig, rng: jax.Array) -> dict:
+    """Fresh adapters only (A kaiming-uniform, B zeros); the base's init is traced but not kept (XLA drops it)."""
+    return _adapter_init(cfg)(rng)
+
+
+def abstract_adapters(cfg: ModelConfig) -> dict:
+    """ShapeDtypeStructs of `cfg`'s adapters (nothing allocated): a checkpoint template, a memory plan."""
+    return jax.eval_shape(_adapter_init(cfg), jax.random.key(0))
 
 
 def adapters_off(params: dict) -> dict:

@@ -18,7 +18,7 @@ from r1jax import sharding
 from r1jax.config import GRPOConfig, LoRAConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import Problem
 from r1jax.data.packing import batches, batches_per_epoch, encode_examples, pack
-from r1jax.lora import count, fold, init_adapters, merge
+from r1jax.lora import abstract_adapters, count, fold, init_adapters, merge
 from r1jax.metrics import progress, show_metrics
 from r1jax.model import Transformer
 from r1jax.phases.runner import RunContext, abstract_params
@@ -46,6 +46,13 @@ class TokenizerPhase:
         tok = Tokenizer.train(iter(self.texts(ctx)), vocab_size=self.vocab_size)
         tok.save(ctx.tokenizer_path)
         ctx.set_tokenizer(tok)
+
+
+def trainable_template(ctx: RunContext, lora: LoRAConfig) -> Any:
+    """Abstract params a training phase's optimizer holds: the model's, or with LoRA its adapters only."""
+    if lora.rank:
+        return abstract_adapters(dataclasses.replace(ctx.model_cfg, lora=lora))
+    return abstract_params(ctx.model_cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +89,7 @@ class SFTPhase:
         return init_adapters(dataclasses.replace(ctx.model_cfg, lora=self.lora), rng)
 
     def state_template(self, ctx: RunContext) -> Any:
-        if self.lora.rank:
-            cfg = dataclasses.replace(ctx.model_cfg, lora=self.lora)
-            p = jax.eval_shape(lambda key: init_adapters(cfg, key), jax.random.key(0))
-        else:
-            p = abstract_params(ctx.model_cfg)
-        return jax.eval_shape(lambda q: init_train_state(q, self._tx()), p)
+        return jax.eval_shape(lambda q: init_train_state(q, self._tx()), trainable_template(ctx, self.lora))
 
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
         if ctx.tokenizer is None:
@@ -194,11 +196,7 @@ class RLPhase:
     lora: LoRAConfig = LoRAConfig()
 
     def state_template(self, ctx: RunContext) -> Any:
-        if self.lora.rank:  # the trainable part: the adapters
-            cfg = dataclasses.replace(ctx.model_cfg, lora=self.lora)
-            p = jax.eval_shape(lambda key: init_adapters(cfg, key), jax.random.key(0))
-        else:
-            p = abstract_params(ctx.model_cfg)
+        p = trainable_template(ctx, self.lora)
         train = jax.eval_shape(lambda q: init_train_state(q, make_optimizer(self.optimizer)), p)
         return {"train": train, "ref": p if self.grpo.kl_beta else {}}
 

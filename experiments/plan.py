@@ -188,7 +188,8 @@ def abstract_batch(grpo: GRPOConfig, prompt_len: int, mesh) -> GRPOBatch:
         prompt_BxP=_sds((rows, prompt_len), jnp.int32, mesh), prompt_mask_BxP=_sds((rows, prompt_len), bool, mesh),
         completion_BxT=_sds((rows, t), jnp.int32, mesh), completion_mask_BxT=_sds((rows, t), bool, mesh),
         loss_mask_BxT=_sds((rows, t), jnp.float32, mesh), old_logps_BxT=_sds((rows, t), jnp.float32, mesh),
-        ref_logps_BxT=_sds((rows, t), jnp.float32, mesh), advantages_B=_sds((rows,), jnp.float32, mesh))
+        ref_logps_BxT=_sds((rows, t), jnp.float32, mesh), advantages_B=_sds((rows,), jnp.float32, mesh),
+        sampler_logps_BxT=_sds((rows, t), jnp.float32, mesh))  # the RL loop always carries the sampler's
 
 
 def device_bytes(tree) -> int:

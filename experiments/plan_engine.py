@@ -1,35 +1,109 @@
-"""The engine's decode at a real shape on a fake mesh: JAX_NUM_CPU_DEVICES=64 python experiments/plan_engine.py
+"""The rollout engine's programs at a real shape on a fake mesh: per-device bytes of decode, prefill and admit.
 
-Qwen2.5-1.5B, 8x8, 512 slots, prompt 256 + 4,096 new tokens: XLA's per-device bytes of one decode call.
+    python experiments/plan_engine.py                     # Qwen2.5-1.5B, 8x8, 512 slots, 256 + 4,096 tokens
+    python experiments/plan_engine.py --shape qwen2.5-7b --new-tokens 8192 --out benchmarks/plan_engine_7b.json
+
+Each program is lowered with abstract inputs (nothing allocated) and compiled under the mesh on
+JAX_NUM_CPU_DEVICES fake CPU devices (set from --devices before jax starts); the numbers are XLA's
+memory_analysis() per device. The slots split over the mesh's data-like axes, and so does the page
+pool: each data shard holds its own run of pages (r1jax.model.paged), sized as Engine sizes it by
+default (every slot of the shard at its longest row, plus its prefill rows' prompts).
 """
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-sys.path.insert(0, "experiments")
-from plan import model_config, mesh_for
-from r1jax import sharding
-from r1jax.engine import Engine
-from r1jax.model import init_params
-cfg = model_config("qwen2.5-1.5b", [])
-mesh = mesh_for("8x8")
-slots, page, new, prompt = 512, 32, 4096, 256
-max_pages = -(-(prompt + new) // page)
-with sharding.use_mesh(mesh):
-    params = sharding.abstract_with_shardings(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))), mesh, cfg)
-    eng = Engine(cfg, pad_id=0, slots=slots, page_size=page)
-    pages = 1 + slots * (max_pages + 1) + 8 * max_pages
-    # the layout every call starts from: slot arrays over the data axes, the pool as XLA places it
-    shardings = eng._init.lower(pages, max_pages, new).compile().output_shardings
-    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                         jax.eval_shape(lambda: eng._init_state(pages, max_pages, new)), shardings)
-    t = time.perf_counter()
-    m = eng._decode.lower(params, state, jax.ShapeDtypeStruct((slots, max_pages), jnp.int32),
-                          jax.ShapeDtypeStruct((), jnp.bool_), stop_ids=(1,)).compile().memory_analysis()
-    g = 2 ** 30
-    print(f"decode 1.5B 8x8 slots {slots} pages {pages}: args {m.argument_size_in_bytes/g:.2f} GiB temp {m.temp_size_in_bytes/g:.2f} GiB out {m.output_size_in_bytes/g:.2f} compile {time.perf_counter()-t:.1f}s")
-    pool = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.cache.layers))
-    per_device = sum(x.sharding.shard_shape(x.shape)[0] / x.shape[0] * x.size * x.dtype.itemsize
-                     for x in jax.tree.leaves(state.cache.layers))
-    print(f"pool bytes: {pool/g:.2f} GiB in all, {per_device/g:.2f} GiB on each device")
+GiB = 2 ** 30
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="qwen2.5-1.5b", help="a preset of experiments/plan.py")
+    p.add_argument("--mesh", default="8x8")
+    p.add_argument("--devices", type=int, default=64, help="fake CPU devices (JAX_NUM_CPU_DEVICES)")
+    p.add_argument("--slots", type=int, default=512)
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--new-tokens", type=int, default=4096)
+    p.add_argument("--page-size", type=int, default=32)
+    p.add_argument("--prefill-rows", type=int, default=8, help="per data shard")
+    p.add_argument("--prefill-chunk", type=int, default=256)
+    p.add_argument("--quick-compile", action="store_true", help="XLA backend optimization level 0 (faster)")
+    p.add_argument("--out", default=None, help="write the numbers here as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    os.environ["JAX_NUM_CPU_DEVICES"] = str(args.devices)
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from plan import mesh_for, model_config
+    from r1jax import logical, sharding
+    from r1jax.engine import Engine
+    from r1jax.model import init_params
+
+    cfg = model_config(args.shape, [])
+    mesh = mesh_for(args.mesh)
+    slots, page = args.slots, args.page_size
+    max_pages = -(-(args.prompt_len + args.new_tokens) // page)
+    options = {"xla_backend_optimization_level": 0} if args.quick_compile else None
+    sds = jax.ShapeDtypeStruct
+    result: dict = {"shape": args.shape, "mesh": args.mesh, "slots": slots, "prompt_len": args.prompt_len,
+                    "new_tokens": args.new_tokens, "page_size": page, "programs": {}}
+    with sharding.use_mesh(mesh):
+        params = sharding.abstract_with_shardings(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))),
+                                                  mesh, cfg)
+        eng = Engine(cfg, pad_id=0, slots=slots, page_size=page, prefill_rows=args.prefill_rows,
+                     prefill_chunk=args.prefill_chunk)
+        shards = logical.split_ways("batch", slots)
+        per_shard = slots // shards
+        pages = 1 + per_shard * (max_pages + 1) + args.prefill_rows * max_pages  # Engine's default, per shard
+        shardings = eng._init.lower(pages, max_pages, args.new_tokens, shards).compile().output_shardings
+        state = jax.tree.map(lambda s, sh: sds(s.shape, s.dtype, sharding=sh),
+                             jax.eval_shape(lambda: eng._init_state(pages, max_pages, args.new_tokens, shards)),
+                             shardings)
+        pool = jax.tree.leaves(state.cache.layers)
+        result.update(shards=shards, pages_per_shard=pages,
+                      pool_GiB=sum(x.size * x.dtype.itemsize for x in pool) / GiB,
+                      pool_per_device_GiB=sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                                              for x in pool) / GiB)
+        i32 = jnp.int32
+        rows = shards * args.prefill_rows
+        programs = {
+            "decode": (eng._decode, (params, state, sds((slots, max_pages), i32), sds((), jnp.bool_)),
+                       {"stop_ids": (1,)}),
+            "prefill": (eng._prefill, (params, state, sds((rows, max_pages), i32), sds((rows,), i32),
+                                       sds((rows, args.prefill_chunk), i32), sds((rows, args.prefill_chunk), bool),
+                                       sds((rows,), i32)), {}),
+            "admit": (eng._admit, (state, jax.random.key(0)) + tuple(sds((slots,), i32) for _ in range(5))
+                      + (sds((slots,), jnp.float32), sds((slots,), jnp.float32), sds((slots,), i32),
+                         sds((slots, max_pages), i32)) + tuple(sds((slots,), i32) for _ in range(3)), {}),
+        }
+        for name, (fn, fn_args, static) in programs.items():
+            t = time.perf_counter()
+            m = fn.lower(*fn_args, **static).compile(options).memory_analysis()
+            row = {"args_GiB": m.argument_size_in_bytes / GiB, "temp_GiB": m.temp_size_in_bytes / GiB,
+                   "out_GiB": m.output_size_in_bytes / GiB, "alias_GiB": m.alias_size_in_bytes / GiB,
+                   "compile_s": time.perf_counter() - t}
+            row["peak_GiB"] = row["args_GiB"] + row["out_GiB"] + row["temp_GiB"] - row["alias_GiB"]
+            result["programs"][name] = row
+            print(f"{name:8s} {args.shape} {args.mesh} slots {slots} ({shards} shards): args {row['args_GiB']:.2f} "
+                  f"temp {row['temp_GiB']:.2f} out {row['out_GiB']:.2f} alias {row['alias_GiB']:.2f} "
+                  f"peak {row['peak_GiB']:.2f} GiB per device, compile {row['compile_s']:.1f} s", flush=True)
+    print(f"page pool: {result['pool_GiB']:.2f} GiB in all ({shards} runs of {pages} pages), "
+          f"{result['pool_per_device_GiB']:.2f} GiB on each device")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

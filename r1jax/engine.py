@@ -38,8 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax.config import ModelConfig, SamplingSettings
+from r1jax import logical
 from r1jax.model import PagedCache, Transformer, init_paged_cache, map_pages
 from r1jax.model.layers import constrain
+from r1jax.model.paged import copy_pages, shard_pages
 from r1jax.sampling import SampleOutput, _per_row
 from r1jax.sharding import to_host
 from r1jax.sampling_ops import choose_tokens
@@ -51,12 +53,14 @@ _SLOT_FIELDS = ("logits_SxV", "keys_S", "count_S", "budget_S", "live_S", "stoppe
 
 def slots_over_data(state: EngineState) -> EngineState:
     """Every per-slot array (and the page tables) split over the current mesh's data-like axes, as
-    batch rows are; a no-op without a mesh. The page pool keeps the layout XLA gives it (replicated
-    over the data axes: any slot may read any page)."""
+    batch rows are, and the page pool's runs with them (each shard's slots use its own run of pages,
+    r1jax.model.paged); a no-op without a mesh."""
     def by_slot(x):
         return constrain(x, "batch", *(None,) * (x.ndim - 1))
 
-    cache = state.cache.replace(pages_BxM=by_slot(state.cache.pages_BxM), lengths_B=by_slot(state.cache.lengths_B))
+    shards = state.cache.shards
+    cache = map_pages(state.cache, lambda pool, axis: shard_pages(pool, shards, axis))
+    cache = cache.replace(pages_BxM=by_slot(cache.pages_BxM), lengths_B=by_slot(cache.lengths_B))
     return state.replace(cache=cache, **{name: by_slot(getattr(state, name)) for name in _SLOT_FIELDS})
 
 
@@ -94,6 +98,7 @@ class _Prompt:
     """A prefilled prompt: its pages (held until its last sample is admitted) and next-token logits."""
 
     length: int
+    shard: int  # whose pool holds its pages (every sample of a prompt runs in that shard's slots)
     pages: list[int]
     row: int  # its row of EngineState.prompt_logits_QxV
     waiting: int  # samples not admitted yet
@@ -133,12 +138,18 @@ class PagePool:
 
 
 class Engine:
-    """Continuous-batching sampler over a paged KV cache for a `Transformer` (dense, MoE, MLA)."""
+    """Continuous-batching sampler over a paged KV cache for a `Transformer` (dense, MoE, MLA).
+
+    Under a mesh the slots split over the data-like axes into shards (as batch rows do), and each
+    shard has its own run of `num_pages` pages: a prompt is assigned to one shard when its first
+    sample is admitted, and all its samples run there. Without a mesh there is one shard.
+    """
 
     def __init__(self, cfg: ModelConfig, *, pad_id: int, slots: int = 64, page_size: int = 32,
                  num_pages: int | None = None, prefill_chunk: int = 128, prefill_rows: int = 8,
                  decode_steps: int = 64, refill_at: int | None = None, cache_dtype: Any = None):
-        """`refill_at`: ended rows that bring a decode loop back to admit waiting ones (default slots // 8, ≥ 1)."""
+        """`refill_at`: ended rows that bring a decode loop back to admit waiting ones (default slots // 8, ≥ 1).
+        `num_pages` and `prefill_rows` are per shard (default: enough pages for every slot's longest row)."""
         refill_at = max(1, slots // 8) if refill_at is None else refill_at
         for name, value in (("slots", slots), ("page_size", page_size), ("prefill_chunk", prefill_chunk),
                             ("prefill_rows", prefill_rows), ("decode_steps", decode_steps), ("refill_at", refill_at)):
@@ -150,17 +161,24 @@ class Engine:
         self.num_pages, self.prefill_chunk, self.prefill_rows = num_pages, prefill_chunk, prefill_rows
         self.decode_steps, self.refill_at, self.cache_dtype = decode_steps, min(refill_at, slots), cache_dtype
         self.model = Transformer(cfg)
-        self.pool: PagePool | None = None  # the last call's accounting (tests read it)
-        self._init = jax.jit(lambda *shape: slots_over_data(self._init_state(*shape)), static_argnums=(0, 1, 2))
+        self.pools: list[PagePool] = []  # the last call's accounting, one per shard (tests read it)
+        self._init = jax.jit(lambda *shape: slots_over_data(self._init_state(*shape)), static_argnums=(0, 1, 2, 3))
         self._prefill = jax.jit(self._prefill_impl, donate_argnames=("state",))
         self._admit = jax.jit(self._admit_impl, donate_argnames=("state",))
         self._decode = jax.jit(self._decode_impl, static_argnames=("stop_ids",), donate_argnames=("state",))
 
     # ------------------------------------------------------------- device side
-    def _init_state(self, num_pages: int, max_pages: int, max_new_tokens: int) -> EngineState:
+    @property
+    def pool(self) -> PagePool:
+        """The last call's page accounting, when it ran in one shard."""
+        if len(self.pools) != 1:
+            raise ValueError(f"the last call ran in {len(self.pools)} shards: read Engine.pools")
+        return self.pools[0]
+
+    def _init_state(self, num_pages: int, max_pages: int, max_new_tokens: int, shards: int = 1) -> EngineState:
         s, v = self.slots, self.cfg.vocab_size
         return EngineState(
-            cache=init_paged_cache(self.cfg, num_pages, self.page_size, s, max_pages, self.cache_dtype),
+            cache=init_paged_cache(self.cfg, num_pages, self.page_size, s, max_pages, self.cache_dtype, shards),
             logits_SxV=jnp.zeros((s, v), jnp.float32), prompt_logits_QxV=jnp.zeros((s + 1, v), jnp.float32),
             keys_S=jax.random.split(jax.random.key(0), s),
             count_S=jnp.zeros((s,), jnp.int32), budget_S=jnp.zeros((s,), jnp.int32),
@@ -187,17 +205,16 @@ class Engine:
         """Rows into slots `slot_A` (index S: padding, dropped), after copying pages copy_from_A → copy_to_A.
 
         Row a is sample `sample_A[a]` of the prompt in logits row `prompt_A[a]` whose digest is `digest_A[a]`.
+        A = S entries split over the shards as slots are: entry a copies pages within shard a // (S/shards).
         """
         logits_AxV = jnp.take(state.prompt_logits_QxV, prompt_A, axis=0)
         keys_A = jax.vmap(prompt_key, in_axes=(None, 0, 0))(rng, digest_A, sample_A)
-        def copy_pages(pool, axis):
-            src = jnp.take(pool, copy_from_A, axis=axis)
-            return pool.at[(slice(None),) * axis + (copy_to_A,)].set(src)
+        shards = state.cache.shards
 
         def put(x, v):
             return x.at[slot_A].set(v, mode="drop")
 
-        cache = map_pages(state.cache, copy_pages)
+        cache = map_pages(state.cache, lambda pool, axis: copy_pages(pool, copy_from_A, copy_to_A, shards, axis))
         cache = cache.replace(pages_BxM=put(cache.pages_BxM, pages_AxM), lengths_B=put(cache.lengths_B, lengths_A))
         a = slot_A.shape[0]
         return slots_over_data(state.replace(
@@ -273,18 +290,21 @@ class Engine:
             raise ValueError(f"budgets must be in [1, settings.max_new_tokens={t_max}]")
 
         max_pages = -(-(max(map(len, prompts)) + t_max) // size)
-        num_pages = self.num_pages or 1 + self.slots * (max_pages + 1) + self.prefill_rows * max_pages
+        shards = logical.split_ways("batch", self.slots)  # 1 without a mesh
+        per_shard = self.slots // shards
+        num_pages = self.num_pages or 1 + per_shard * (max_pages + 1) + self.prefill_rows * max_pages
         worst = max_pages + 1
         if num_pages - 1 < worst:
             raise ValueError(f"Engine num_pages={num_pages}: a row of {max(map(len, prompts))} prompt tokens and "
                              f"{t_max} new ones needs {worst} pages of {size} slots (plus the null page)")
-        pool = self.pool = PagePool(num_pages)
+        pools = self.pools = [PagePool(num_pages) for _ in range(shards)]
         self._free_rows = list(range(self.slots + 1))  # rows of EngineState.prompt_logits_QxV
-        state = self._init(num_pages, max_pages, t_max)
+        state = self._init(num_pages, max_pages, t_max, shards)
         pages_SxM = np.zeros((self.slots, max_pages), np.int32)
         slot_pages: list[list[int]] = [[] for _ in range(self.slots)]
         slot_row = [-1] * self.slots
-        waiting = collections.deque((b, j) for b in range(n) for j in range(g))
+        unassigned = collections.deque(range(n))  # prompts no shard has taken yet
+        queues = [collections.deque() for _ in range(shards)]  # each shard's waiting (prompt, sample) requests
         prefilled: dict[int, _Prompt] = {}
         out_tokens = np.full((n * g, t_max), self.pad_id, np.int32)
         out_logps = np.zeros((n * g, t_max), np.float32)
@@ -292,10 +312,11 @@ class Engine:
         out_truncated = np.zeros((n * g,), bool)
         live = np.zeros((self.slots,), bool)
 
-        while waiting or live.any():
-            state = self._admit_waiting(params, state, rng, prompts, waiting, prefilled, pool, pages_SxM,
+        while unassigned or any(queues) or live.any():
+            state = self._admit_waiting(params, state, rng, prompts, unassigned, queues, prefilled, pools, pages_SxM,
                                         slot_pages, slot_row, live, budget_B, temperature_B, top_p_B, top_k_B)
-            state = self._decode(params, state, jnp.asarray(pages_SxM), jnp.asarray(bool(waiting)),
+            waiting = bool(unassigned) or any(queues)
+            state = self._decode(params, state, jnp.asarray(pages_SxM), jnp.asarray(waiting),
                                  stop_ids=settings.stop_ids)
             now_live = np.array(to_host(state.live_S))  # the same on every process: their host loops agree
             ended = np.flatnonzero(live & ~now_live)
@@ -307,45 +328,55 @@ class Engine:
                     row = slot_row[s]
                     out_tokens[row], out_logps[row] = tokens[i], logps[i]
                     out_lengths[row], out_truncated[row] = counts[i], not stopped[i]
-                    pool.release(slot_pages[s])
+                    pools[s // per_shard].release(slot_pages[s])
                     slot_pages[s], slot_row[s] = [], -1
                     pages_SxM[s] = 0
             live = now_live
-        if pool.in_use:
-            raise RuntimeError(f"page accounting: {pool.in_use} pages still held after every row ended")
+        held = sum(pool.in_use for pool in pools)
+        if held:
+            raise RuntimeError(f"page accounting: {held} pages still held after every row ended")
         return SampleOutput(tokens_BxT=jnp.asarray(out_tokens), logps_BxT=jnp.asarray(out_logps),
                             lengths_B=jnp.asarray(out_lengths), truncated_B=jnp.asarray(out_truncated))
 
-    def _admit_waiting(self, params, state, rng, prompts, waiting, prefilled, pool, pages_SxM, slot_pages, slot_row,
-                       live, budget_B, temperature_B, top_p_B, top_k_B) -> EngineState:
-        """Free slots take waiting requests (prefilling their prompts first) while the pool has their pages."""
+    def _admit_waiting(self, params, state, rng, prompts, unassigned, queues, prefilled, pools, pages_SxM,
+                       slot_pages, slot_row, live, budget_B, temperature_B, top_p_B, top_k_B) -> EngineState:
+        """Each shard's free slots take its waiting requests (a new prompt when it has none), prefilling their
+        prompts first, while the shard's pool has their pages."""
         size, g = self.page_size, len(budget_B) // len(prompts)
-        free_slots = [s for s in range(self.slots) if not live[s]]
+        shards = len(pools)
+        per_shard = self.slots // shards
         chosen: list[tuple[int, int, int]] = []  # (slot, prompt, sample)
-        spare = len(pool.free)
-        for s in free_slots:
-            if not waiting:
-                break
-            b, j = waiting[0]
-            length = len(prompts[b])
-            need = -(-(length + int(budget_B[b * g + j])) // size) - length // size  # own pages: tail copy + new
-            if b not in prefilled and not any(c[1] == b for c in chosen):
-                need += -(-length // size)  # the prompt's own pages, held until its last sample is in
-            if need > spare:
-                break
-            spare -= need
-            waiting.popleft()
-            chosen.append((s, b, j))
+        for d, (pool, queue) in enumerate(zip(pools, queues)):
+            spare = len(pool.free)
+            for s in range(d * per_shard, (d + 1) * per_shard):
+                if live[s]:
+                    continue
+                if not queue and unassigned:
+                    b = unassigned.popleft()
+                    queue.extend((b, j) for j in range(g))
+                if not queue:
+                    break
+                b, j = queue[0]
+                length = len(prompts[b])
+                need = -(-(length + int(budget_B[b * g + j])) // size) - length // size  # own pages: tail copy + new
+                if b not in prefilled and not any(c[1] == b for c in chosen):
+                    need += -(-length // size)  # the prompt's own pages, held until its last sample is in
+                if need > spare:
+                    break
+                spare -= need
+                queue.popleft()
+                chosen.append((s, b, j))
         if not chosen:
-            if not live.any() and waiting:
+            if not live.any() and (unassigned or any(queues)):
                 raise RuntimeError("page pool too small for the next request (raise Engine num_pages)")
             return state
-        new_prompts = list(dict.fromkeys(b for _, b, _ in chosen if b not in prefilled))
-        for start in range(0, len(new_prompts), self.prefill_rows):
-            state = self._prefill_prompts(params, state, prompts, new_prompts[start:start + self.prefill_rows],
-                                          prefilled, pool, g)
+        new = [list(dict.fromkeys(b for s, b, _ in chosen if s // per_shard == d and b not in prefilled))
+               for d in range(shards)]
+        for start in range(0, max(map(len, new)), self.prefill_rows):
+            state = self._prefill_prompts(params, state, prompts, [lst[start:start + self.prefill_rows] for lst in new],
+                                          prefilled, pools, g)
 
-        a = self.slots  # admissions padded to one shape: one compile
+        a = self.slots  # one admission entry per slot (S: not admitted, dropped): one compile
         slot_A = np.full((a,), self.slots, np.int32)
         pages_AxM = np.zeros((a, pages_SxM.shape[1]), np.int32)
         lengths_A = np.zeros((a,), np.int32)
@@ -353,22 +384,23 @@ class Engine:
         budget_A, top_k_A = np.zeros((a,), np.int32), np.zeros((a,), np.int32)
         temperature_A, top_p_A = np.zeros((a,), np.float32), np.ones((a,), np.float32)
         prompt_A, digest_A, sample_A = np.zeros((a,), np.int32), np.zeros((a,), np.int32), np.zeros((a,), np.int32)
-        for i, (s, b, j) in enumerate(chosen):
+        for s, b, j in chosen:
             record, row = prefilled[b], b * g + j
+            pool = pools[record.shard]
             full = record.length // size
             shared = record.pages[:full]
             pool.share(shared)
             own = pool.take(-(-(record.length + int(budget_B[row])) // size) - full)
             if record.length % size:  # the partly filled last prompt page: this row's own copy
-                copy_from_A[i], copy_to_A[i] = record.pages[full], own[0]
+                copy_from_A[s], copy_to_A[s] = record.pages[full], own[0]
             pages = shared + own
             slot_pages[s], slot_row[s], live[s] = pages, row, True
             pages_SxM[s] = 0
             pages_SxM[s, :len(pages)] = pages
-            slot_A[i], pages_AxM[i], lengths_A[i] = s, pages_SxM[s], record.length
-            budget_A[i], top_k_A[i] = budget_B[row], top_k_B[row]
-            temperature_A[i], top_p_A[i] = temperature_B[row], top_p_B[row]
-            prompt_A[i], digest_A[i], sample_A[i] = record.row, prompt_digest(prompts[b]), j
+            slot_A[s], pages_AxM[s], lengths_A[s] = s, pages_SxM[s], record.length
+            budget_A[s], top_k_A[s] = budget_B[row], top_k_B[row]
+            temperature_A[s], top_p_A[s] = temperature_B[row], top_p_B[row]
+            prompt_A[s], digest_A[s], sample_A[s] = record.row, prompt_digest(prompts[b]), j
             record.waiting -= 1
             if record.waiting == 0:
                 pool.release(record.pages)
@@ -377,27 +409,31 @@ class Engine:
         return self._admit(state, rng, slot_A, prompt_A, digest_A, sample_A, budget_A, temperature_A, top_p_A,
                            top_k_A, pages_AxM, lengths_A, copy_from_A, copy_to_A)
 
-    def _prefill_prompts(self, params, state, prompts, batch: list[int], prefilled, pool, group_size: int
-                         ) -> EngineState:
-        """Prefill up to `prefill_rows` prompts chunk by chunk into fresh pages; record each one's logits."""
-        size, chunk, rows = self.page_size, self.prefill_chunk, self.prefill_rows
+    def _prefill_prompts(self, params, state, prompts, batches: list[list[int]], prefilled, pools,
+                         group_size: int) -> EngineState:
+        """Prefill up to `prefill_rows` prompts of each shard (batches[d]: shard d's) chunk by chunk into fresh
+        pages of its pool; record each one's logits. Row d·prefill_rows + i is shard d's i-th prompt."""
+        size, chunk, per = self.page_size, self.prefill_chunk, self.prefill_rows
+        rows = per * len(batches)
         max_pages = state.cache.pages_BxM.shape[1]
         pages_RxM = np.zeros((rows, max_pages), np.int32)
-        lengths = [len(prompts[b]) for b in batch]
-        for r, (b, length) in enumerate(zip(batch, lengths)):
-            pages = pool.take(-(-length // size))
+        placed = [(d * per + i, b) for d, batch in enumerate(batches) for i, b in enumerate(batch)]
+        for r, b in placed:
+            d = r // per
+            pages = pools[d].take(-(-len(prompts[b]) // size))
             pages_RxM[r, :len(pages)] = pages
-            prefilled[b] = _Prompt(length, pages, self._free_rows.pop(), group_size)
-        for start in range(0, max(lengths), chunk):
+            prefilled[b] = _Prompt(len(prompts[b]), d, pages, self._free_rows.pop(), group_size)
+        for start in range(0, max(len(prompts[b]) for _, b in placed), chunk):
             tokens_RxC = np.full((rows, chunk), self.pad_id, np.int32)
             mask_RxC = np.zeros((rows, chunk), bool)
             lengths_R = np.zeros((rows,), np.int32)
             table_R = np.full((rows,), self.slots + 1, np.int32)  # out of range: no logits kept
-            for r, b in enumerate(batch):
+            for r, b in placed:
+                length = len(prompts[b])
                 piece = prompts[b][start:start + chunk]
                 tokens_RxC[r, :len(piece)], mask_RxC[r, :len(piece)] = piece, True
-                lengths_R[r] = min(start, lengths[r])
-                if start < lengths[r] <= start + chunk:  # the prompt ends in this chunk
+                lengths_R[r] = min(start, length)
+                if start < length <= start + chunk:  # the prompt ends in this chunk
                     table_R[r] = prefilled[b].row
             state = self._prefill(params, state, pages_RxM, lengths_R, tokens_RxC, mask_RxC, table_R)
         return state

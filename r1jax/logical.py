@@ -89,15 +89,27 @@ def logical_to_spec(names: Sequence[str | None], mesh: Mesh | dict[str, int],
     return PartitionSpec(*(None if a is None else a[0] if len(a) == 1 else a for a in assigned))
 
 
+def _auto_axes() -> dict[str, int]:
+    """The current mesh's axes that are not Manual (inside shard_map), with their sizes; {} without a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return {}
+    return {n: s for n, s, t in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types) if t != AxisType.Manual}
+
+
+def split_ways(name: str, size: int) -> int:
+    """Into how many pieces `constrain` splits a dimension of `size` named `name` under the current mesh."""
+    spec = logical_to_spec((name,), _auto_axes(), (size,))[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+    return math.prod(_auto_axes()[a] for a in axes)
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Sharding constraint on an activation by logical names under the current mesh; a no-op without one.
 
     Shape-aware (axes that do not divide a dimension are skipped) and blind to Manual axes (inside shard_map).
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
-    auto = {n: s for n, s, t in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types) if t != AxisType.Manual}
+    auto = _auto_axes()
     if not auto or all(s == 1 for s in auto.values()):
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, auto, x.shape))

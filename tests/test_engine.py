@@ -151,19 +151,24 @@ def test_bad_requests_are_clear_errors(params):
         Engine(CFG, pad_id=PAD, slots=0)
 
 
-def test_runs_under_a_mesh_with_the_same_tokens(params):
+@pytest.mark.parametrize("slots", [4, 8])
+def test_runs_under_a_mesh_with_the_same_tokens_and_a_pool_per_data_shard(params, slots):
     from r1jax import sharding
 
     settings = SamplingSettings(max_new_tokens=5, temperature=0.0)
-    want = _rows(_engine(slots=4).generate(params, PROMPTS[:3], jax.random.key(0), group_size=2, settings=settings))
+    prompts = PROMPTS if slots == 8 else PROMPTS[:3]
+    want = _rows(_engine(slots=slots).generate(params, prompts, jax.random.key(0), group_size=2, settings=settings))
     mesh = sharding.make_mesh("2x4")
+    shards = {4: 2, 8: 8}[slots]  # 4 slots split over 'data' (2) only; 8 over data × fsdp
     with sharding.use_mesh(mesh):
         placed = sharding.shard_params(params, mesh, CFG)
-        engine = _engine(slots=4)
-        got = _rows(engine.generate(placed, PROMPTS[:3], jax.random.key(0), group_size=2, settings=settings))
-        state = engine._init(9, 3, 5)  # (pages, pages per row, new tokens): the layout every call starts from
+        engine = _engine(slots=slots)
+        got = _rows(engine.generate(placed, prompts, jax.random.key(0), group_size=2, settings=settings))
+        state = engine._init(9, 3, 5, shards)  # (pages per shard, pages per row, new tokens, shards)
     assert got == want
+    assert len(engine.pools) == shards and all((pool.refs == 0).all() for pool in engine.pools)
+    assert sum(pool.peak > 0 for pool in engine.pools) == min(shards, len(prompts))  # every shard took a prompt
     for x in (state.tokens_SxT, state.live_S, state.cache.pages_BxM):  # slots split over the data axes
-        assert x.sharding.shard_shape(x.shape)[0] < x.shape[0], x.sharding
-    pool = jax.tree.leaves(state.cache.layers)[0]
-    assert pool.sharding.shard_shape(pool.shape)[0] == pool.shape[0]  # every device holds every page
+        assert x.sharding.shard_shape(x.shape)[0] == x.shape[0] // shards, x.sharding
+    for pool in jax.tree.leaves(state.cache.layers):  # and the pool with them: each device holds its shard's pages
+        assert pool.shape[0] == 9 * shards and pool.sharding.shard_shape(pool.shape)[0] == 9, pool.sharding

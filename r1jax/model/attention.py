@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from r1jax.config import ModelConfig
 from r1jax.model.flash import blockwise_attention
 from r1jax.model.layers import Dense, RMSNorm, constrain
-from r1jax.model.paged import PagedKV, PageTable, paged_attention, token_slots, write_tokens
+from r1jax.model.paged import PagedKV, PageTable, paged_attention, read_pages, token_slots, write_tokens
 from r1jax.model.rope import apply_rope, rope_frequencies
 
 _MASKED = -1e30  # finite, so a query with no visible key gets a uniform (ignored) row, not NaN
@@ -339,11 +339,11 @@ class Attention(nn.Module):
         batch, length, heads, _ = q_BxLxHxD.shape
         page_size, kv_heads = cache.k_PxKxNxD.shape[2], cache.k_PxKxNxD.shape[1]
         page_BxL, slot_BxL = token_slots(table, length, page_size)
-        cache = PagedKV(write_tokens(cache.k_PxKxNxD, k_BxLxKxD, page_BxL, slot_BxL, 2),
-                        write_tokens(cache.v_PxKxNxD, v_BxLxKxD, page_BxL, slot_BxL, 2))
+        cache = PagedKV(write_tokens(cache.k_PxKxNxD, k_BxLxKxD, page_BxL, slot_BxL, 2, table.shards),
+                        write_tokens(cache.v_PxKxNxD, v_BxLxKxD, page_BxL, slot_BxL, 2, table.shards))
 
         def read_page(page_B):
-            return cache.k_PxKxNxD[page_B], cache.v_PxKxNxD[page_B]
+            return read_pages(cache.k_PxKxNxD, page_B, table.shards), read_pages(cache.v_PxKxNxD, page_B, table.shards)
 
         q_BxLxKxGxD = q_BxLxHxD.reshape(batch, length, kv_heads, heads // kv_heads, -1)
         out = paged_attention(q_BxLxKxGxD, read_page, table, page_size, scale)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from r1jax.config import ModelConfig
 from r1jax.model.attention import _MASKED, AttentionMask, attend, resolve_attention
 from r1jax.model.layers import Dense, RMSNorm, constrain
-from r1jax.model.paged import PagedLatent, PageTable, paged_attention, token_slots, write_tokens
+from r1jax.model.paged import PagedLatent, PageTable, paged_attention, read_pages, token_slots, write_tokens
 from r1jax.model.rope import apply_rope, rope_frequencies
 
 LATENT_NORM_EPS = 1e-6  # DeepSeek's latent norms use the default eps, whatever rms_norm_eps says
@@ -154,12 +154,14 @@ class MLA(nn.Module):
         """Absorbed attention over each row's latent pages (one shared kv head), after writing the new latents."""
         page_size = cache.latent_PxNxC.shape[1]
         page_BxL, slot_BxL = token_slots(table, latent_BxLxC.shape[1], page_size)
-        cache = PagedLatent(write_tokens(cache.latent_PxNxC, latent_BxLxC, page_BxL, slot_BxL, 1),
-                            write_tokens(cache.k_rope_PxNxR, k_rope_BxLxR, page_BxL, slot_BxL, 1))
+        shards = table.shards
+        cache = PagedLatent(write_tokens(cache.latent_PxNxC, latent_BxLxC, page_BxL, slot_BxL, 1, shards),
+                            write_tokens(cache.k_rope_PxNxR, k_rope_BxLxR, page_BxL, slot_BxL, 1, shards))
 
         def read_page(page_B):
-            latent_BxNxC = cache.latent_PxNxC[page_B]
-            return jnp.concatenate([latent_BxNxC, cache.k_rope_PxNxR[page_B]], axis=-1)[:, None], latent_BxNxC[:, None]
+            latent_BxNxC = read_pages(cache.latent_PxNxC, page_B, shards)
+            k_rope_BxNxR = read_pages(cache.k_rope_PxNxR, page_B, shards)
+            return jnp.concatenate([latent_BxNxC, k_rope_BxNxR], axis=-1)[:, None], latent_BxNxC[:, None]
 
         q_BxLxHxCR = jnp.concatenate([jnp.einsum("blhn,chn->blhc", q_nope_BxLxHxN, w_uk_CxHxN), q_rope_BxLxHxR], -1)
         out_BxLx1xHxC = paged_attention(q_BxLxHxCR[:, :, None], read_page, table, page_size, softmax_scale(self.cfg))

@@ -27,6 +27,8 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from r1jax import logical
+
 _MASKED = -1e30
 
 
@@ -37,6 +39,7 @@ class PageTable:
     pages_BxM: jax.Array  # int32: the row's page ids in token order (0, the null page, where unused)
     lengths_B: jax.Array  # int32: tokens the row's pages hold before this call (the first new token's position)
     new_B: jax.Array  # int32: how many of the L new tokens are real (they come first; the rest are padding)
+    shards: int = flax.struct.field(pytree_node=False, default=1)  # page runs in the pool; ids are local to one
 
 
 @flax.struct.dataclass
@@ -68,12 +71,58 @@ def token_slots(table: PageTable, length: int, page_size: int) -> tuple[jax.Arra
     return page_BxL, jnp.where(real_BxL, pos_BxL % page_size, 0)
 
 
+def by_shard(pool: jax.Array, shards: int, axis: int = 0) -> jax.Array:
+    """The pool's page axis `axis` as (shards, pages per shard), the first over the data axes as rows are."""
+    shape = pool.shape[:axis] + (shards, pool.shape[axis] // shards) + pool.shape[axis + 1:]
+    names = (None,) * axis + ("batch",) + (None,) * (pool.ndim - axis)
+    return logical.constrain(pool.reshape(shape), names)
+
+
+def shard_pages(pool: jax.Array, shards: int, axis: int = 0) -> jax.Array:
+    """The pool laid out as `by_shard` says (page runs over the data axes), in its own shape."""
+    return by_shard(pool, shards, axis).reshape(pool.shape) if shards > 1 else pool
+
+
+def _per_shard(fn: Callable, pool: jax.Array, shards: int, *rows: jax.Array) -> jax.Array:
+    """fn(a shard's pool, that shard's rows of each of `rows`) on every shard; the pool back in its shape."""
+    if shards == 1:
+        return fn(pool, *rows)
+    split = [r.reshape((shards, r.shape[0] // shards) + r.shape[1:]) for r in rows]
+    out = jax.vmap(fn)(by_shard(pool, shards), *split)
+    return out.reshape((-1,) + out.shape[2:])
+
+
+def read_pages(pool: jax.Array, page_B: jax.Array, shards: int) -> jax.Array:
+    """pool[page_B]: row b's page from its own shard's run (local ids)."""
+    return _per_shard(lambda p, i: p[i], pool, shards, page_B)
+
+
 def write_tokens(pool: jax.Array, new_BxLx: jax.Array, page_BxL: jax.Array, slot_BxL: jax.Array,
-                 slot_axis: int) -> jax.Array:
-    """`pool` with each new token's vector at (page, slot); `slot_axis` is the pool's slot axis (1 or 2)."""
-    if slot_axis == 1:  # P×N×…: the token's vector is the trailing dims
-        return pool.at[page_BxL, slot_BxL].set(new_BxLx.astype(pool.dtype))
-    return pool.at[page_BxL, :, slot_BxL].set(new_BxLx.astype(pool.dtype))  # P×K×N×D ← B×L×K×D
+                 slot_axis: int, shards: int = 1) -> jax.Array:
+    """`pool` with each new token's vector at (page, slot) of its row's shard; `slot_axis` is the pool's
+    slot axis (1 or 2)."""
+    def write(p, new, page, slot):
+        if slot_axis == 1:  # P×N×…: the token's vector is the trailing dims
+            return p.at[page, slot].set(new.astype(p.dtype))
+        return p.at[page, :, slot].set(new.astype(p.dtype))  # P×K×N×D ← B×L×K×D
+
+    return _per_shard(write, pool, shards, new_BxLx, page_BxL, slot_BxL)
+
+
+def copy_pages(pool: jax.Array, from_A: jax.Array, to_A: jax.Array, shards: int, axis: int = 0) -> jax.Array:
+    """`pool` with page to_A[a] a copy of page from_A[a], within row a's shard (A split as rows are);
+    `axis` is the page axis (1 in a scanned group's stacked pools: copied a layer at a time, so that a
+    backend which widens the scatter (XLA:CPU does bf16 in f32) needs room for one layer, not all)."""
+    if axis == 1:
+        def layer(i, p):
+            return jax.lax.dynamic_update_index_in_dim(p, copy_pages(p[i], from_A, to_A, shards), i, 0)
+
+        return jax.lax.fori_loop(0, pool.shape[0], layer, pool)
+
+    def copy(p, src, dst):
+        return p.at[dst].set(p[src])
+
+    return _per_shard(copy, pool, shards, from_A, to_A)
 
 
 def paged_attention(q_BxLxKxGxD: jax.Array, read_page: Callable[[jax.Array], tuple[jax.Array, jax.Array]],

@@ -94,15 +94,18 @@ class PagedCache:
     pages_BxM: jax.Array  # int32: each row's page ids in token order (0: the null page)
     lengths_B: jax.Array  # int32: tokens each row holds
     stacked: tuple[bool, ...] = flax.struct.field(pytree_node=False, default=())
+    shards: int = flax.struct.field(pytree_node=False, default=1)  # runs of pages, one per data shard (paged.py)
 
 
 def init_paged_cache(cfg: ModelConfig, pages: int, page_size: int, rows: int, max_pages: int,
-                     dtype: Any = None) -> PagedCache:
-    """A zeroed pool of `pages` pages (page 0 the null page) and `rows` empty page tables of `max_pages` entries."""
+                     dtype: Any = None, shards: int = 1) -> PagedCache:
+    """A zeroed pool of `shards` runs of `pages` pages (page 0 of each the null page) and `rows` empty page
+    tables of `max_pages` entries (rows split over the shards in order; page ids local to a row's shard)."""
     dtype = jnp.dtype(cfg.dtype if dtype is None else dtype)
-    layers, stacked = _group_caches(cfg, lambda attention: attention.init_paged(cfg, pages, page_size, dtype))
+    layers, stacked = _group_caches(cfg, lambda attention: attention.init_paged(cfg, shards * pages, page_size,
+                                                                                 dtype))
     return PagedCache(layers=layers, pages_BxM=jnp.zeros((rows, max_pages), jnp.int32),
-                      lengths_B=jnp.zeros((rows,), jnp.int32), stacked=stacked)
+                      lengths_B=jnp.zeros((rows,), jnp.int32), stacked=stacked, shards=shards)
 
 
 def map_pages(cache: PagedCache, fn: Callable[[jax.Array, int], Any]) -> PagedCache:
@@ -243,7 +246,8 @@ class Transformer(nn.Module):
 
         if isinstance(cache, PagedCache):
             index = jnp.zeros((), jnp.int32)
-            mask = PageTable(cache.pages_BxM, cache.lengths_B, jnp.sum(mask_BxL, axis=1, dtype=jnp.int32))
+            mask = PageTable(cache.pages_BxM, cache.lengths_B, jnp.sum(mask_BxL, axis=1, dtype=jnp.int32),
+                             shards=cache.shards)
             positions = cache.lengths_B[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :]
         elif cache is None:
             index = jnp.zeros((), jnp.int32)

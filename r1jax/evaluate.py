@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -35,7 +34,7 @@ from r1jax.data import Problem, batch_columns, load_jsonl
 from r1jax.engine import Engine
 from r1jax.fileio import atomic_write_jsonl
 from r1jax.metrics import progress
-from r1jax.rewards.accuracy import as_fraction
+from r1jax.rewards.accuracy import normalize_answer
 from r1jax.rewards import (RewardFn, RewardPool, WeightedReward, accuracy_reward, combine_rewards, countdown_reward,
                            format_reward)
 from r1jax.reasoning import check_trace, lenient_answer
@@ -45,9 +44,6 @@ from r1jax.tokenizer import Tokenizer, tokenizer_stop_ids
 
 TASK_CORRECTNESS: dict[str, RewardFn] = {"countdown": countdown_reward}  # every other task: accuracy_reward
 
-_SPACE_RE = re.compile(r"\s+|\\[,;:! ]")
-_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\{(.*)\}", re.DOTALL)
-_THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -66,25 +62,6 @@ def pass_at_1(correct_PxK: Any) -> float:
     if correct_PxK.ndim != 2 or correct_PxK.size == 0:
         raise ValueError(f"pass_at_1 needs a non-empty [problems, k] array, got shape {correct_PxK.shape}")
     return float(correct_PxK.mean(axis=1).mean())
-
-
-def normalize_answer(answer: str | None) -> str | None:
-    """Canonical voting key: no `$`/`\\boxed{}` wrapping, spaces or thousands commas; numbers as exact fractions.
-
-    "3.0" → "3", "0.5" / "1/2" / "\\frac{1}{2}" → "1/2"; None for a missing or blank answer.
-    """
-    if answer is None:
-        return None
-    text, previous = answer.replace("\u2212", "-"), None
-    while text != previous:  # peel `$…$` and `\boxed{…}` in any order and depth
-        previous = text = text.strip().strip("$").strip()
-        if (m := _BOXED_RE.fullmatch(text)) and _balanced(m[1]):
-            text = m[1]
-    text = _SPACE_RE.sub("", text).rstrip(".")
-    if _THOUSANDS_RE.fullmatch(text):
-        text = text.replace(",", "")
-    value = as_fraction(text)
-    return str(value) if value is not None else (text or None)
 
 
 def cons_key(metrics: Mapping[str, Any]) -> str | None:
@@ -117,15 +94,6 @@ def cons_at_k(answers_PxK: Sequence[Sequence[str | None]], correct_answer_check:
         raise ValueError("cons_at_k needs at least one problem")
     voted = [majority_vote(answers) for answers in answers_PxK]
     return float(np.mean([v is not None and bool(correct_answer_check(i, v)) for i, v in enumerate(voted)]))
-
-
-def _balanced(text: str) -> bool:
-    depth = 0
-    for ch in text:
-        depth += (ch == "{") - (ch == "}")
-        if depth < 0:
-            return False
-    return depth == 0
 
 
 # ----------------------------------------------------------------------------- results

@@ -12,6 +12,7 @@ from r1jax.config import ModelConfig, SamplingSettings
 from r1jax.data import (ArithmeticConfig, CountdownConfig, Problem, PromptTemplate, generate_arithmetic,
                         generate_countdown, load_jsonl)
 from r1jax.engine import Engine
+from r1jax.rewards import is_correct
 from r1jax.evaluate import (EvalResult, cons_at_k, evaluate, majority_vote, normalize_answer, pass_at_1, pass_at_k,
                             score_correctness)
 from r1jax.model import init_params
@@ -67,6 +68,9 @@ def test_pass_at_1_by_hand():
 ])
 def test_normalize_answer_groups_equal_values(forms, key):
     assert {normalize_answer(f) for f in forms} == {key}
+    # one convention: the accuracy reward counts as right exactly what the vote groups together
+    assert all(is_correct(a, b, timeout_s=None) for a in forms for b in forms)
+    assert not any(is_correct(f, key + "1", timeout_s=None) for f in forms)
 
 
 def test_normalize_answer_keeps_what_is_not_a_number():

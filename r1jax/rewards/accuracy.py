@@ -24,6 +24,8 @@ _NUMBER_RE = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)")
 _FRAC_RE = re.compile(r"([-+]?)\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}")
 _SLASH_RE = re.compile(r"([-+]?\d+)/(-?\d+)")
 _SPACE_RE = re.compile(r"\s+|\\[,;:! ]")
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\{(.*)\}", re.DOTALL)
+_THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?")
 
 
 def accuracy_reward(
@@ -50,7 +52,9 @@ def is_correct(pred: str | None, gold: str, timeout_s: float | None = DEFAULT_TI
     """
     if not pred or not _within_limits(pred) or not _within_limits(gold):
         return False
-    p, g = _normalize(pred), _normalize(gold)
+    p, g = normalize_answer(pred), normalize_answer(gold)
+    if p is None or g is None:
+        return False
     if p == g:
         return True
     p_num, g_num = as_fraction(p), as_fraction(g)
@@ -77,9 +81,32 @@ def _within_limits(text: str) -> bool:
     return deepest <= MAX_NESTING
 
 
-def _normalize(text: str) -> str:
-    text = _SPACE_RE.sub("", text.strip().strip("$"))
-    return text.rstrip(".")
+def normalize_answer(answer: str | None) -> str | None:
+    """Canonical voting key: no `$`/`\\boxed{}` wrapping, spaces or thousands commas; numbers as exact fractions.
+
+    "3.0" → "3", "0.5" / "1/2" / "\\frac{1}{2}" → "1/2"; None for a missing or blank answer.
+    """
+    if answer is None:
+        return None
+    text, previous = answer.replace("\u2212", "-"), None
+    while text != previous:  # peel `$…$` and `\boxed{…}` in any order and depth
+        previous = text = text.strip().strip("$").strip()
+        if (m := _BOXED_RE.fullmatch(text)) and _balanced(m[1]):
+            text = m[1]
+    text = _SPACE_RE.sub("", text).rstrip(".")
+    if _THOUSANDS_RE.fullmatch(text):
+        text = text.replace(",", "")
+    value = as_fraction(text)
+    return str(value) if value is not None else (text or None)
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += (ch == "{") - (ch == "}")
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def as_fraction(text: str) -> Fraction | None:

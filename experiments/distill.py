@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run, save_summary
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run
 from r1jax.recipes import distill
 
 
@@ -25,9 +25,7 @@ def main(argv=None) -> int:
     cfg = apply_overrides(distill.PRESETS[args.preset], args.overrides)
     distill.check_teacher(cfg)
     workdir = args.workdir or os.path.join("runs", f"distill_{args.preset}")
-    table = distill.report(distill.run(cfg, workdir, mesh=args.mesh))
-    save_summary(workdir, table)
-    print(table)
+    print(distill.report(distill.run(cfg, workdir, mesh=args.mesh), workdir))
     return 0
 
 

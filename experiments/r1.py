@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run, save_summary
+from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run
 from r1jax.recipes import r1
 
 
@@ -23,9 +23,7 @@ def main(argv=None) -> int:
     cfg = apply_overrides(r1.PRESETS[args.preset], args.overrides)
     workdir = args.workdir or os.path.join("runs", f"r1_{args.preset}")
     ctx = r1.build(cfg, workdir, mesh=args.mesh).run()
-    table = r1.report(ctx)
-    save_summary(workdir, table)
-    print(table)
+    print(r1.report(ctx.results, workdir))
     return 0
 
 

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     r1_zero.check_config(cfg, args.preset)
     workdir = args.workdir or os.path.join("runs", f"r1_zero_{args.preset}")
     ctx = r1_zero.build(cfg, workdir, mesh=args.mesh).run()
-    print(r1_zero.report(ctx, workdir))
+    print(r1_zero.report(ctx.results, workdir))
     return 0
 
 

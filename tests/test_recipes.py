@@ -103,7 +103,8 @@ def test_distill_stages_run_and_compare(tmp_path):
     kd = [r for r in read_metrics(workdir / "distilled" / "metrics.jsonl") if "distill/kl" in r]
     assert kd and all(np.isfinite(r["distill/kl"]) for r in kd)
     assert all("final_eval" in results[s] and results[s]["seconds"] > 0 for s in distill.STAGES)
-    table = distill.report(results)
+    table = distill.report(results, str(workdir))
+    assert (workdir / "summary.md").read_text().strip() == table.strip()
     assert "student, distilled" in table and "student, RL alone" in table and "teacher traces kept" in table
     # the distilled student starts from the student base: same tokenizer, same architecture
     assert (workdir / "distilled" / "tokenizer.model").read_bytes() == (teacher / "tokenizer.model").read_bytes()
@@ -201,3 +202,17 @@ def test_lora_grpo_resumes_exactly_and_hands_on_folded_params(tmp_path):
     # attention only, rank 4: A [32, 4] + B [4, 2·16] (q), [4, 16] (k, v: 1 kv head), A [2, 16, 4] + B [4, 32] (o)
     per_layer = (32 * 4 + 4 * 32) + 2 * (32 * 4 + 4 * 16) + (32 * 4 + 4 * 32)
     assert rl["lora/trainable_params"] == 2 * per_layer and rl["lora/total_params"] == count(whole.params)
+
+
+def test_every_recipe_reports_from_its_results_into_its_workdir(tmp_path):
+    import inspect
+
+    from r1jax.recipes import compare, r1, r1_zero, sweep
+
+    for recipe in (compare, distill, r1, r1_zero, sweep):  # one signature: (results, workdir) -> markdown
+        assert list(inspect.signature(recipe.report).parameters) == ["results", "workdir"], recipe.__name__
+    ev = {"pass@1": 0.25, "cons@4": 0.5, "format": 1.0, "length_mean": 40.0}
+    table = r1.report({"base_eval": ev, "final_eval": ev, "rejection_sampling": {"kept": 3, "sampled": 8}},
+                      str(tmp_path))
+    assert "| final | 0.250 | 0.500 | 1.000 | 40.0 |" in table and "kept 3 of 8" in table
+    assert (tmp_path / "summary.md").read_text().strip() == table.strip()

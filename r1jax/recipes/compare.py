@@ -330,14 +330,14 @@ def plot_curves(result: dict[str, Any], out_png: str) -> str:
     return out_png
 
 
-def report(result: dict[str, Any], workdir: str) -> str:
+def report(results: dict[str, Any], workdir: str) -> str:
     """summary.md (table + plot), summary.json (every per-seed value) and curves.png in `workdir`."""
     from r1jax.cli import save_summary
 
-    summary = summarize(result)
+    summary = summarize(results)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    plot = plot_curves(result, os.path.join(workdir, "curves.png"))
+    plot = plot_curves(results, os.path.join(workdir, "curves.png"))
     text = (table(summary) + "\n\nmean over seeds ± half-width of the 95% Student-t interval over seeds; "
             f"wall time {summary['seconds']:.0f} s (base {summary['base_seconds']:.0f} s + the arms', "
             f"summed over runs)\n\n![curves]({os.path.basename(plot)})")

@@ -128,8 +128,10 @@ def run(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, dict]:
     return out
 
 
-def report(results: dict[str, dict]) -> str:
-    """Markdown: held-out metrics of the student base, the teacher, the distilled and the RL-only student."""
+def report(results: dict[str, dict], workdir: str) -> str:
+    """Markdown: held-out metrics of the student base, the teacher, the distilled and the RL-only student,
+    from `run`'s results; also written to workdir/summary.md."""
+    from r1jax.cli import save_summary
     from r1jax.evaluate import cons_key
 
     rows = [("student base", results["student_base"]), ("teacher", results["teacher_traces"]),
@@ -146,7 +148,9 @@ def report(results: dict[str, dict]) -> str:
     distill_s = results["teacher_traces"]["seconds"] + results["distilled"]["seconds"]
     lines.append(f"\nteacher traces kept: {kept.get('kept', 0):.0f} of {kept.get('sampled', 0):.0f} samples; "
                  f"distilled arm (traces + SFT) {distill_s:.0f} s vs RL alone {results['rl_only']['seconds']:.0f} s")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    save_summary(workdir, text)
+    return text
 
 
 __all__ = ["DistillConfig", "PRESETS", "STAGES", "before_after_table", "build", "check_teacher", "report", "run"]

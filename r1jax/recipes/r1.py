@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 from r1jax.config import OptimizerConfig
 from r1jax.data import R1_ZERO, worked_solution
@@ -91,18 +92,22 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
                   files={TASK_FILE: task_record(b)}, **runner_kwargs)
 
 
-def report(ctx) -> str:
-    """Markdown table of held-out pass@1, cons@k, format and length after every stage, plus the rejection count."""
+def report(results: dict[str, Any], workdir: str) -> str:
+    """Markdown table of held-out pass@1, cons@k, format and length after every stage, plus the rejection
+    count, from the run's `results` (Runner.run().results); also written to workdir/summary.md."""
+    from r1jax.cli import save_summary
     from r1jax.evaluate import cons_key
 
     lines = ["| stage | pass@1 | cons@k | format | completion length |", "|---|---|---|---|---|"]
     for name in STAGES:
-        r = ctx.results.get(name, {})
+        r = results.get(name, {})
         if r:
             cons = r.get(cons_key(r), float("nan"))
             lines.append(f"| {name.removesuffix('_eval')} | {r['pass@1']:.3f} | {cons:.3f} | {r['format']:.3f} "
                          f"| {r['length_mean']:.1f} |")
-    rs = ctx.results.get("rejection_sampling", {})
+    rs = results.get("rejection_sampling", {})
     lines.append(f"\nrejection sampling kept {rs.get('kept', 0):.0f} of {rs.get('sampled', 0):.0f} samples")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    save_summary(workdir, text)
+    return text
 

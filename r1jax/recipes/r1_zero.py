@@ -233,12 +233,13 @@ def before_after_table(before: dict, after: dict, columns: tuple[str, str] = ("b
     return "\n".join(lines)
 
 
-def report(ctx, workdir: str) -> str:
-    """Before/after table (markdown, also in summary.md) and PNG plots of the run's curves."""
+def report(results: dict[str, Any], workdir: str) -> str:
+    """Before/after table of the run's `results` (Runner.run().results), also in workdir/summary.md, and PNG
+    plots of its curves; every recipe's report takes (results, workdir)."""
     from r1jax.cli import save_summary
     from r1jax.metrics import plot_metrics
 
-    table = before_after_table(ctx.results.get("base_eval", {}), ctx.results.get("final_eval", {}))
+    table = before_after_table(results.get("base_eval", {}), results.get("final_eval", {}))
     plot = os.path.join(workdir, "curves.png")
     plot_metrics(os.path.join(workdir, "metrics.jsonl"),
                  ["rl/reward/mean", "rl/reward/accuracy", "rl/reward/format", "rl/eval/pass@1", "rl/eval/format",

@@ -140,19 +140,19 @@ def plot_bands(bands: dict[str, list[tuple[int, float, float]]], out_png: str, s
     return out_png
 
 
-def report(result: dict[str, Any], workdir: str) -> str:
+def report(results: dict[str, Any], workdir: str) -> str:
     """The table (also in workdir/summary.md, with JSON beside it) and the band plot; returns the table."""
     import json
 
     from r1jax.cli import save_summary
 
-    text = table(result)
-    bands = curve_bands(result)
+    text = table(results)
+    bands = curve_bands(results)
     plot = ""
     if bands:
-        plot = plot_bands(bands, os.path.join(workdir, "curves.png"), len(result["seeds"]))
+        plot = plot_bands(bands, os.path.join(workdir, "curves.png"), len(results["seeds"]))
     with open(os.path.join(workdir, "sweep.json"), "w") as f:
-        json.dump({"seeds": result["seeds"], "runs": {str(k): v for k, v in result["runs"].items()},
-                   "summary": summarize(result)}, f, indent=1, default=float)
+        json.dump({"seeds": results["seeds"], "runs": {str(k): v for k, v in results["runs"].items()},
+                   "summary": summarize(results)}, f, indent=1, default=float)
     save_summary(workdir, text + (f"\n\n![curves]({os.path.basename(plot)})" if plot else ""))
     return text

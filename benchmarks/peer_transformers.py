@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 try:
     import torch
@@ -30,16 +29,7 @@ except ImportError as e:  # optional peer measurement
     sys.exit(f"peer_transformers.py needs torch and transformers ({e}); "
              "install them with `pip install torch transformers` (not r1jax dependencies)")
 
-
-def best_time(fn, repeats: int) -> float:
-    """Best wall time of `repeats` calls of fn, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from r1jax.timing import best_time, train_flops  # noqa: E402  (standard library only: no jax import)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -71,8 +61,7 @@ def bench_train(model, batch: int, seq: int, repeats: int, peak: float) -> dict:
     t = best_time(step, repeats)
     tokens = batch * seq
     n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
-    d_attn = cfg.num_attention_heads * cfg.head_dim
-    flops = 6 * n * tokens + 12 * cfg.num_hidden_layers * seq * d_attn * tokens
+    flops = train_flops(n, 0, tokens, 0, cfg.num_hidden_layers, seq, cfg.num_attention_heads * cfg.head_dim)
     return {"batch": batch, "seq": seq, "time_s": t, "tokens_per_s": tokens / t, "params_N": n,
             "flops_per_step": flops, "flops_per_s": flops / t, "peak_fraction": flops / t / peak}
 

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from r1jax import timing
+from r1jax.timing import best_time
 from r1jax.config import ATTENTION_KERNELS, GRPOConfig, ModelConfig, MoEConfig
 from r1jax.data.packing import PackedBatch
 from r1jax.engine import Engine, SamplingSettings
@@ -61,17 +63,6 @@ TARGETS = {  # name: (description, comparison, threshold) from issue 9
 
 
 # ------------------------------------------------------------------ helpers
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time of `repeats` calls of fn (which blocks), after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 10) -> float:
     """FLOP/s of a jitted n×n jnp.dot, best of `repeats`."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
@@ -105,8 +96,8 @@ def param_counts(cfg: ModelConfig, params) -> dict[str, int]:
 
 def train_flops(cfg: ModelConfig, counts: dict, tokens: int, head_tokens: int, seq: int) -> float:
     """Issue 9's count: 6·N·T (body on every token, head where applied) + 12·layers·S·d_attn·T."""
-    d_attn = cfg.num_heads * cfg.head_dim
-    return 6 * counts["body"] * tokens + 6 * counts["head"] * head_tokens + 12 * cfg.num_layers * seq * d_attn * tokens
+    return timing.train_flops(counts["body"], counts["head"], tokens, head_tokens, cfg.num_layers, seq,
+                              cfg.num_heads * cfg.head_dim)
 
 
 def random_tokens(cfg: ModelConfig, shape, seed: int = 0) -> np.ndarray:

@@ -6,79 +6,28 @@ A cold start first (SFT of a tiny model on the tasks' reference programs in the
 R1 format), then GRPO where each sampled program runs against the task's tests
 in the sandbox (`r1jax.rewards.code_reward`: fraction of tests passed) plus the
 format reward. Tasks load from JSONL in the usual layouts (inputs/outputs,
-asserts); the default is the 15-task set under tests/fixtures/.
+asserts); the default is the 15-task set in r1jax/data/code_tasks.jsonl. The
+recipe is r1jax/recipes/code_rl.py; it prints the rewards of every RL step (also
+in summary.md).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
 from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run
-from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
-from r1jax.data import R1_ZERO
-
-DEFAULT_TASKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures",
-                             "code_tasks.jsonl")
-
-
-@dataclasses.dataclass(frozen=True)
-class CodeRLConfig:
-    seed: int = 0
-    tasks: str = DEFAULT_TASKS
-    vocab_size: int = 400
-    model: ModelConfig = ModelConfig(vocab_size=400, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                                     head_dim=16, mlp_dim=256, max_len=1024)
-    sft_steps: int = 150
-    sft_batch: int = 8
-    seq_len: int = 320
-    sft_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, warmup_steps=10)
-    rl_steps: int = 10
-    grpo: GRPOConfig = GRPOConfig(group_size=4, prompts_per_step=4, sampling=SamplingSettings(max_new_tokens=96),
-                                  kl_beta=0.0, logprob_chunk=96)
-    rl_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-4)
-    reward_timeout_s: float = 120.0
-
-
-def solution_text(solution: str) -> str:
-    """A reference program written as an R1-format completion."""
-    return f" <think> Write the program. </think> <answer>\n```python\n{solution}\n```\n</answer>"
-
-
-def build(cfg: CodeRLConfig, workdir: str, mesh: str | None = None):
-    from r1jax.phases import RLPhase, Runner, SFTPhase, TokenizerPhase
-    from r1jax.rewards import WeightedReward, format_reward
-    from r1jax.rewards.code import code_reward, load_code_tasks
-
-    tasks = [t for t in load_code_tasks(cfg.tasks) if t.solution]
-    if not tasks:
-        raise ValueError(f"{cfg.tasks}: no task has a reference solution for the cold start")
-    pairs = [(R1_ZERO.render(t.question), solution_text(t.solution)) for t in tasks]
-    rewards = {"code": WeightedReward(code_reward, 1.0), "format": WeightedReward(format_reward, 1.0)}
-    phases = [
-        TokenizerPhase(texts=lambda ctx: [p + c for p, c in pairs], vocab_size=cfg.vocab_size),
-        SFTPhase("cold_start", lambda ctx: pairs, steps=cfg.sft_steps, batch_size=cfg.sft_batch,
-                 seq_len=cfg.seq_len, optimizer=cfg.sft_optimizer),
-        RLPhase("rl", lambda ctx: tasks, rewards, R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,
-                optimizer=cfg.rl_optimizer, reward_timeout_s=cfg.reward_timeout_s),
-    ]
-    return Runner(workdir, cfg.model, phases, seed=cfg.seed, checkpoint_every=max(1, cfg.rl_steps), mesh=mesh)
+from r1jax.recipes import code_rl
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_flags(parser, ["tiny"])
+    add_common_flags(parser, list(code_rl.PRESETS))
     args = parse_and_launch(parser, argv)
-    cfg = apply_overrides(CodeRLConfig(), args.overrides)
-    workdir = args.workdir or os.path.join("runs", "code_rl")
-    ctx = build(cfg, workdir, mesh=args.mesh).run()
-    from r1jax.metrics import read_metrics
-
-    rl = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if "rl/reward/code" in r]
-    for r in rl:
-        print(f"rl step {r['step']}: code reward {r['rl/reward/code']:.3f}, format {r['rl/reward/format']:.3f}, "
-              f"reward failures {r.get('rl/reward/code_failures', 0):.0f}")
+    cfg = apply_overrides(code_rl.PRESETS[args.preset], args.overrides)
+    workdir = args.workdir or os.path.join("runs", f"code_rl_{args.preset}")
+    ctx = code_rl.build(cfg, workdir, mesh=args.mesh).run()
+    print(code_rl.report(ctx.results, workdir))
     print(f"workdir: {ctx.workdir}")
     return 0
 

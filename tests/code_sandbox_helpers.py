@@ -4,6 +4,7 @@ import tempfile
 
 import pytest
 
+from r1jax.recipes.code_rl import DEFAULT_TASKS as FIXTURE  # the recipe's 15 tasks
 from r1jax.rewards.code import compare_outcomes, parse_tests
 from r1jax.rewards.sandbox import (
     TEMP_PREFIX,
@@ -14,7 +15,6 @@ from r1jax.rewards.sandbox import (
 
 __all__ = ['FIXTURE', 'FAST', 'SUM_TESTS', 'ADD_TESTS', 'FIVE', '_need', '_sandbox_pids', '_uid_of', '_uid_pids', '_zombie_children', '_temp_dirs', 'no_leftovers', '_run', 'fenced']
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "code_tasks.jsonl")
 FAST = SandboxLimits(timeout_s=1.0, cpu_s=1.0, memory_mb=256, output_bytes=64 << 10)
 SUM_TESTS = parse_tests({"inputs": ["2 3\n", "-5 5\n", "100 250\n"], "outputs": ["5\n", "0\n", "350\n"]})
 ADD_TESTS = parse_tests({"asserts": "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(20, 22) == 42"})

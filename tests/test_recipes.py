@@ -207,9 +207,9 @@ def test_lora_grpo_resumes_exactly_and_hands_on_folded_params(tmp_path):
 def test_every_recipe_reports_from_its_results_into_its_workdir(tmp_path):
     import inspect
 
-    from r1jax.recipes import compare, r1, r1_zero, sweep
+    from r1jax.recipes import code_rl, compare, r1, r1_zero, sweep
 
-    for recipe in (compare, distill, r1, r1_zero, sweep):  # one signature: (results, workdir) -> markdown
+    for recipe in (code_rl, compare, distill, r1, r1_zero, sweep):  # one signature: (results, workdir) -> markdown
         assert list(inspect.signature(recipe.report).parameters) == ["results", "workdir"], recipe.__name__
     ev = {"pass@1": 0.25, "cons@4": 0.5, "format": 1.0, "length_mean": 40.0}
     table = r1.report({"base_eval": ev, "final_eval": ev, "rejection_sampling": {"kept": 3, "sampled": 8}},

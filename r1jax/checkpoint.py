@@ -28,20 +28,8 @@ import orbax.checkpoint as ocp
 
 
 def path_str(path) -> str:
-    """'a/0/b' for a jax key path (dict keys, sequence indices, attributes)."""
-    parts = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            parts.append(str(key.idx))
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            parts.append(key.name)
-        elif isinstance(key, jax.tree_util.FlattenedIndexKey):
-            parts.append(str(key.key))
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
+    """'a/0/b' for a jax key path (dict keys, sequence indices, attributes): jax's keystr, simple form."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _is_key(x) -> bool:

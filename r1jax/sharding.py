@@ -156,8 +156,9 @@ def shard_params(params: Any, mesh: Mesh, cfg: ModelConfig) -> Any:
     return jax.device_put(params, param_shardings(cfg, mesh))
 
 
-def _path_keys(path: tuple) -> tuple:
-    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+def _path_keys(path: tuple) -> tuple[str, ...]:
+    """One string per key of a jax key path ('params', 'layers_0', '0', …): suffixes of it name a param."""
+    return tuple(jax.tree_util.keystr((k,), simple=True) for k in path)
 
 
 def tree_shardings(tree: Any, mesh: Mesh, cfg: ModelConfig | None = None, params: Any = None) -> Any:

@@ -85,17 +85,6 @@ def majority_vote(answers: Sequence[str | None]) -> str | None:
     return first[max(counts, key=counts.__getitem__)]  # dicts keep first-seen order: ties → first
 
 
-def cons_at_k(answers_PxK: Sequence[Sequence[str | None]], correct_answer_check: Callable[[int, str], bool]) -> float:
-    """Accuracy of each problem's majority-voted answer; `correct_answer_check(problem_index, answer)` judges it.
-
-    A vote won by None (no answer) is never correct (R1 paper's cons@k).
-    """
-    if not answers_PxK:
-        raise ValueError("cons_at_k needs at least one problem")
-    voted = [majority_vote(answers) for answers in answers_PxK]
-    return float(np.mean([v is not None and bool(correct_answer_check(i, v)) for i, v in enumerate(voted)]))
-
-
 # ----------------------------------------------------------------------------- results
 @dataclasses.dataclass(frozen=True)
 class ProblemRecord:
@@ -164,30 +153,6 @@ class EvalResult:
     by_task: dict[str, dict[str, float]]
     records: list[ProblemRecord]
     reward_failures: int = 0
-
-    @property
-    def pass_at_1(self) -> float:
-        return self.metrics["pass@1"]
-
-    @property
-    def pass_at_k(self) -> float:
-        return self.metrics[f"pass@{self.k}"]
-
-    @property
-    def cons_at_k(self) -> float:
-        return self.metrics[f"cons@{self.k}"]
-
-    @property
-    def format_rate(self) -> float:
-        return self.metrics["format"]
-
-    @property
-    def length_mean(self) -> float:
-        return self.metrics["length_mean"]
-
-    @property
-    def truncated_frac(self) -> float:
-        return self.metrics["truncated_frac"]
 
     def summary(self) -> dict[str, float]:
         """Flat floats for metric logging: overall names, then `<task>/<name>` per task."""

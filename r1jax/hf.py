@@ -190,13 +190,6 @@ def _is_mtp_layer(cfg: ModelConfig, name: str) -> bool:
     return cfg.mla is not None and match is not None and int(match.group(1)) >= cfg.num_layers
 
 
-def params_from_hf(cfg: ModelConfig, tensors: Mapping[str, np.ndarray], rope_interleave: bool = True
-                   ) -> dict[str, Any]:
-    """r1jax params (numpy, cfg.param_dtype) from HF-named tensors; names and shapes are checked first."""
-    check_tensors(cfg, {name: tuple(x.shape) for name, x in tensors.items()})
-    return _build_params(cfg, lambda name: np.asarray(tensors[name]), rope_interleave)
-
-
 def _build_params(cfg: ModelConfig, read: Any, rope_interleave: bool = True) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for t in tensor_table(cfg, rope_interleave):

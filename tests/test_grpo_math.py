@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from r1jax.rl import grpo
+from r1jax.train.logprobs import target_logp
 
 
 def test_paper_worked_example_advantages():
@@ -104,7 +105,7 @@ def test_aggregation_modes_by_hand():
 
 def test_entropy_uniform_and_peaked():
     logits = jnp.stack([jnp.zeros(8), jnp.array([100.0] + [0.0] * 7)])[None]
-    ent = grpo.token_entropy(logits)
+    _, ent, _ = target_logp(logits, jnp.zeros((1, 2), jnp.int32), with_entropy=True)  # the update's entropy
     np.testing.assert_allclose(ent, [[np.log(8), 0.0]], atol=1e-5)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from r1jax.data import ArithmeticConfig, PromptTemplate, generate_arithmetic, worked_solutions
 from r1jax.data.packing import (Cursor, Example, PackedBatch, batches, batches_per_epoch, encode_examples,
-                                first_fit, pack, pad_rows, sft_pairs)
+                                first_fit, pack, pad_rows)
 from r1jax.tokenizer import Tokenizer
 
 SHORT = PromptTemplate(name="short", text="Q: {prompt}\nA:")
@@ -14,7 +14,7 @@ SHORT = PromptTemplate(name="short", text="Q: {prompt}\nA:")
 def pairs():
     problems = generate_arithmetic(ArithmeticConfig(num_ops=2), "train", 24, seed=3)
     completions = [s.render() for s in worked_solutions(problems)]
-    return sft_pairs(problems, completions, SHORT)
+    return [(SHORT.render(p.question), c) for p, c in zip(problems, completions)]
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from r1jax.data.problems import Problem
 
 OVERLONG = ("drop", "truncate")
 
@@ -84,13 +83,6 @@ class Cursor(NamedTuple):
 
     epoch: int = 0
     index: int = 0
-
-
-def sft_pairs(problems: Sequence[Problem], completions: Sequence[str], template) -> list[tuple[str, str]]:
-    """(rendered prompt, completion) pairs; `template` is a PromptTemplate or ChatTemplate."""
-    if len(problems) != len(completions):
-        raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
-    return [(template.render(p.question), c) for p, c in zip(problems, completions)]
 
 
 def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]], add_bos: bool = True,

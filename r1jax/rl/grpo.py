@@ -147,12 +147,6 @@ def aggregate(values_BxT: jax.Array, mask_BxT: jax.Array, mode: Aggregation = "s
     raise ValueError(f"aggregation {mode!r} is not one of {AGGREGATIONS}")
 
 
-def token_entropy(logits_BxTxV: jax.Array) -> jax.Array:
-    """Entropy of the model's next-token distribution at each position, in nats."""
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-    return -(jnp.exp(logp_BxTxV) * logp_BxTxV).sum(axis=-1)
-
-
 def grpo_objective(logp_BxT: jax.Array, old_logp_BxT: jax.Array, ref_logp_BxT: jax.Array | None,
                    advantages_B: jax.Array, mask_BxT: jax.Array, *, eps_low: float = 0.2,
                    eps_high: float = 0.2, dual_clip: float | None = None, kl_beta: float = 0.001,

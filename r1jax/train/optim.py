@@ -19,7 +19,6 @@ class TrainState:
     step: jax.Array  # int32 scalar: optimizer updates applied
     params: Any
     opt_state: Any
-    extra: Any  # model state updated outside the optimizer (the MoE balancing bias, later)
     skipped: jax.Array  # int32 scalar: updates skipped for a non-finite loss or gradient
 
 
@@ -45,9 +44,9 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
 
 
-def init_train_state(params: Any, tx: optax.GradientTransformation, extra: Any = None) -> TrainState:
+def init_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      extra={} if extra is None else extra, skipped=jnp.zeros((), jnp.int32))
+                      skipped=jnp.zeros((), jnp.int32))
 
 
 def apply_gradients(state: TrainState, grads: Any, loss: jax.Array,

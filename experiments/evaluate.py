@@ -34,7 +34,7 @@ class EvalConfig:
     """What to evaluate on; a workdir's task.json (written by the recipes) gives the run's own task."""
 
     task: str = "arithmetic"  # or "countdown"; ignored with --data or test_jsonl
-    problems: int = 64
+    problems: int = 256  # at most: the whole test split when it has fewer
     arithmetic: ArithmeticConfig = ArithmeticConfig(num_ops=2, max_value=9, ops=("+", "-"), allow_negative=False)
     countdown: CountdownConfig = CountdownConfig()
     k: int = 4
@@ -95,9 +95,9 @@ def main(argv=None) -> int:
     if args.data or cfg.test_jsonl:
         problems = args.data or cfg.test_jsonl
     elif cfg.task == "arithmetic":
-        problems = data.generate_arithmetic(cfg.arithmetic, "test", cfg.problems, cfg.seed)
+        problems = data.generate_arithmetic(cfg.arithmetic, "test", cfg.problems, cfg.seed, at_most=True)
     elif cfg.task == "countdown":
-        problems = data.generate_countdown(cfg.countdown, "test", cfg.problems, cfg.seed)
+        problems = data.generate_countdown(cfg.countdown, "test", cfg.problems, cfg.seed, at_most=True)
     else:
         raise UsageError(f"task={cfg.task!r}: choose arithmetic or countdown, or pass --data")
     mesh = sharding.make_mesh(args.mesh) if args.mesh else sharding.single_device_mesh()
@@ -105,7 +105,8 @@ def main(argv=None) -> int:
         params = sharding.place(saved["params"], mesh, model_cfg)
         result = evaluate(params, model_cfg, tok, problems, settings=cfg.sampling, template=data.R1_ZERO,
                           rng=jax.random.key(cfg.seed), k=cfg.k, pool=pool)
-    print(f"evaluated on {args.data or cfg.test_jsonl or f'{cfg.problems} {cfg.task} test problems'}"
+    count = f"{len(problems)} {cfg.task} test problems" if not isinstance(problems, str) else problems
+    print(f"evaluated on {count}"
           + (f" (the run's task, {task_file})" if recorded else ""), file=sys.stderr)
     result.write_jsonl(os.path.join(args.workdir, "evaluate.jsonl"))
     print(json.dumps({k: round(v, 4) for k, v in result.summary().items()}, indent=1))

@@ -187,3 +187,15 @@ def test_exhausted_task_space_is_a_clear_error():
     with pytest.raises(ValueError, match="split"):
         generate_arithmetic(ARITH, "validation", 5)
 
+
+
+def test_at_most_gives_the_whole_split_when_it_is_smaller():
+    """A held-out set of 'at most N' is the whole test split of a small task, and starts as the exact N would."""
+    task = ArithmeticConfig(num_ops=2, max_value=9, ops=("+", "-"), allow_negative=False)  # the tiny recipe's
+    whole = generate_arithmetic(task, "test", 256, seed=0, at_most=True)
+    keys = {p.key for p in whole}
+    assert len(keys) == len(whole) < 256
+    # other seeds draw in another order but find the same set: the split, not a sample of it
+    assert {p.key for p in generate_arithmetic(task, "test", 256, seed=5, at_most=True)} == keys
+    assert generate_arithmetic(task, "test", 64, seed=0) == whole[:64]
+    assert not keys & {p.key for p in generate_arithmetic(task, "train", 500, seed=0)}

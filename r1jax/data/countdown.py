@@ -45,10 +45,12 @@ class CountdownConfig:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
-def generate_countdown(config: CountdownConfig, split: str, num: int, seed: int = 0) -> tuple[Problem, ...]:
-    """`num` distinct Countdown problems of `split` ('train' or 'test'), reproducible from `seed`."""
+def generate_countdown(config: CountdownConfig, split: str, num: int, seed: int = 0,
+                       at_most: bool = False) -> tuple[Problem, ...]:
+    """`num` distinct Countdown problems of `split` ('train' or 'test'), reproducible from `seed`; with
+    `at_most`, the whole split if it has fewer (r1jax.data.problems.draw_split)."""
     return draw_split(lambda rng: sample_countdown(config, rng), split=split, num=num, seed=seed,
-                      test_fraction=config.test_fraction)
+                      test_fraction=config.test_fraction, at_most=at_most)
 
 
 def sample_countdown(config: CountdownConfig, rng: random.Random) -> Problem | None:

@@ -110,11 +110,14 @@ def check_split_args(split: str, num: int, test_fraction: float) -> None:
 
 
 def draw_split(sample: Callable[[random.Random], Problem | None], *, split: str, num: int,
-               seed: int, test_fraction: float, max_draws: int | None = None) -> tuple[Problem, ...]:
+               seed: int, test_fraction: float, max_draws: int | None = None,
+               at_most: bool = False) -> tuple[Problem, ...]:
     """The first `num` distinct problems of `split` from the stream `sample(rng)` seeded by `seed`.
 
-    `sample` may return None to reject a draw. Raises ValueError if the task
-    cannot supply `num` distinct problems for the split within `max_draws`.
+    `sample` may return None to reject a draw. Raises ValueError if the task cannot supply `num`
+    distinct problems for the split within `max_draws` (default 200·num + 2000), unless `at_most`:
+    then the split's every problem found in those draws (a held-out set that is the whole split
+    when the task has fewer than `num`; the first ones are the same whatever `at_most`).
     """
     check_split_args(split, num, test_fraction)
     max_draws = max_draws if max_draws is not None else 200 * num + 2000
@@ -129,7 +132,7 @@ def draw_split(sample: Callable[[random.Random], Problem | None], *, split: str,
             continue
         seen.add(problem.key)
         out.append(problem)
-    if len(out) < num:
+    if len(out) < num and not at_most:
         raise ValueError(f"found only {len(out)} distinct {split!r} problems of {num} requested in "
                          f"{max_draws} draws; widen the task's value ranges or ask for fewer")
     return tuple(out)

@@ -40,7 +40,7 @@ class R1ZeroConfig:
     task: ArithmeticConfig = ArithmeticConfig(num_ops=2, max_value=9, ops=("+", "-"), allow_negative=False)
     countdown: CountdownConfig | None = None  # set: the run is Countdown (TinyZero's task) instead of arithmetic
     train_problems: int = 2000
-    test_problems: int = 64
+    test_problems: int = 256  # held out: at most this many, the whole test split when it has fewer (tiny: 233)
     base_error_rate: float = 0.2
     base_recheck_rate: float = 0.1
     base_r1_format_share: float = 0.3
@@ -130,9 +130,9 @@ def problems(cfg: R1ZeroConfig) -> tuple[list, list]:
         return list(load_jsonl(cfg.train_jsonl)), list(load_jsonl(cfg.test_jsonl))
     if cfg.countdown is not None:
         return (list(generate_countdown(cfg.countdown, "train", cfg.train_problems, seed=cfg.seed)),
-                list(generate_countdown(cfg.countdown, "test", cfg.test_problems, seed=cfg.seed)))
+                list(generate_countdown(cfg.countdown, "test", cfg.test_problems, seed=cfg.seed, at_most=True)))
     return (list(generate_arithmetic(cfg.task, "train", cfg.train_problems, seed=cfg.seed)),
-            list(generate_arithmetic(cfg.task, "test", cfg.test_problems, seed=cfg.seed)))
+            list(generate_arithmetic(cfg.task, "test", cfg.test_problems, seed=cfg.seed, at_most=True)))
 
 
 TASK_FILE = "task.json"  # in a workdir: the held-out task the run evaluates on (experiments/evaluate.py reads it)

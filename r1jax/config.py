@@ -197,9 +197,9 @@ class MLAConfig:
 
 
 LORA_TARGETS = {  # name → regex over a projection's module path ("layers_3/attn/q", "scan_0_28/mlp/down")
-    "all-linear": r"(attn|mlp|shared)/[^/]+$",  # every projection of the blocks; not the LM head, not routed experts
+    "all-linear": r"(attn|mlp|shared)/[^/]+$",  # every projection of the blocks, routed experts too; not the LM head
     "attention": r"attn/[^/]+$",
-    "mlp": r"mlp/(shared/)?(gate|up|down)$",
+    "mlp": r"mlp/(shared/)?(gate|up|down|wi_gate|wi_up|wo)$",
 }
 
 
@@ -210,8 +210,12 @@ class LoRAConfig:
     A projection x·W gains x·A·B·scale with A [in, rank] (PEFT's kaiming-uniform init) and B [rank, out]
     (zeros), so the adapted model equals the base at step 0; scale is alpha / rank, or alpha / √rank
     with `rslora` (arXiv 2312.03732). `targets`: "all-linear", "attention", "mlp" (LORA_TARGETS) or
-    a regex searched in each projection's module path. Routed MoE experts are not adapted yet, and
-    `dropout` > 0 is not supported yet (an error rather than a silent no-op).
+    a regex searched in each projection's module path ("layers_3/attn/q"); the routed experts of an
+    MoE layer are "…/mlp/wi_gate", "…/mlp/wi_up" and "…/mlp/wo", each expert with its own A [in, rank]
+    and B [rank, out] (params `wi_gate_lora_a` [X, in, rank], `wi_gate_lora_b` [X, rank, out], …).
+    `dropout` is PEFT's lora_dropout: the adapter branch reads dropout(x) in forward passes applied
+    with a "dropout" rng (the SFT and GRPO updates pass one), x everywhere else (sampling, log-probs
+    of the old and reference policies, evaluation).
     """
 
     rank: int = 0
@@ -225,7 +229,9 @@ class LoRAConfig:
         c(isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 0,
           f"rank={self.rank!r} must be an int >= 0 (0: no adapters)")
         c(self.alpha > 0, f"alpha={self.alpha} must be > 0")
-        c(self.dropout == 0.0, f"dropout={self.dropout}: LoRA dropout is not supported yet; use 0")
+        number = isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+        c(number and 0.0 <= self.dropout < 1.0,
+          f"dropout={self.dropout!r} must be in [0, 1) (the adapter input's drop rate)")
         try:
             re.compile(self.pattern)
         except re.error as e:

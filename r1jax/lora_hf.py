@@ -7,8 +7,10 @@
 r1jax's `lora_a` [in…, r] is PEFT's `lora_A.weight` [r, in] transposed and `lora_b` [r, out…] is
 `lora_B.weight` [out, r] transposed; module names come from r1jax.hf.tensor_table, and the scale
 alpha/r (alpha/√r with use_rslora) is PEFT's. Either params layout (unrolled or scanned) goes in and
-comes out. Not mapped: routed MoE experts (r1jax does not adapt them), MLA projections whose rows
-carry DeepSeek-V3's interleaved RoPE, the LM head and the embedding. No torch at run time.
+comes out. Not mapped: routed MoE experts (r1jax adapts them, but PEFT has no standard key layout for
+them: export with targets that leave them out, or fold the adapters and save the merged model), MLA
+projections whose rows carry DeepSeek-V3's interleaved RoPE, the LM head and the embedding. No torch
+at run time.
 """
 from __future__ import annotations
 
@@ -28,13 +30,16 @@ from safetensors.numpy import save_file
 from r1jax.config import LoRAConfig, ModelConfig
 from r1jax.errors import UsageError
 from r1jax.hf import HFFileError, _open_tensors, _read_json, tensor_table
-from r1jax.lora import split
+from r1jax.lora import EXPERT_SUFFIXES, split
 from r1jax.model.transformer import convert_layout, init_params, unstack_layers
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."  # PeftModelForCausalLM → LoraModel → the transformers model
 _KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")
 _NO_ADAPTERS = "the LM head and the embedding carry no adapters in r1jax"
+_ROUTED = ("routed MoE experts have no standard PEFT key layout: adapt targets without them (e.g. 'attention', "
+           "or a regex that leaves out mlp/wi_gate, mlp/wi_up and mlp/wo), or save the merged model "
+           "(lora.fold, then hf.save_hf)")
 _UNSUPPORTED = {  # adapter_config.json field → what r1jax lacks when it is set (truthy)
     "use_dora": "DoRA (weight-decomposed LoRA) is not supported",
     "lora_bias": "a bias on lora_B is not supported",
@@ -52,7 +57,7 @@ _UNSUPPORTED = {  # adapter_config.json field → what r1jax lacks when it is se
 class _Module:
     """One HF weight matrix; `ours`: r1jax's module path ("layers_0/attn/q"); `refused`: why no adapter fits it."""
 
-    ours: str
+    ours: str  # a routed expert's: its stacked weight's path ("layers_1/mlp/wi_gate"), shared by the X experts
     hf: str
     hf_shape: tuple[int, ...]  # [out, in]
     adapter: tuple[tuple[int, ...], tuple[int, ...]] | None  # r1jax's (in…, out…) where a Dense can carry LoRA
@@ -66,8 +71,8 @@ def _modules(cfg: ModelConfig) -> list[_Module]:
     for t in tensor_table(cfg):
         if not t.hf_name.endswith(".weight") or len(t.hf_shape) != 2:
             continue
-        ours = "/".join(t.path[:-1])
-        refused = ("routed MoE experts carry no adapters in r1jax yet" if t.expert is not None
+        ours = "/".join(t.path if t.expert is not None else t.path[:-1])
+        refused = (_ROUTED if t.expert is not None
                    else _NO_ADAPTERS if not ours.startswith("layers_")
                    else "r1jax has no adaptable projection there" if ours not in shapes
                    else "MLA rows in DeepSeek-V3's interleaved RoPE order are not mapped yet" if t.rows is not None
@@ -115,7 +120,8 @@ def save_peft(folder: str | Path, cfg: ModelConfig, params_or_adapters: Any, bas
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path or None,
         "revision": None, "r": rank, "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
-        "lora_dropout": 0.0, "use_rslora": cfg.lora.rslora, "target_modules": _target_modules(modules, adapted),
+        "lora_dropout": cfg.lora.dropout, "use_rslora": cfg.lora.rslora,
+        "target_modules": _target_modules(modules, adapted),
         "exclude_modules": None, "bias": "none", "lora_bias": False, "use_dora": False, "fan_in_fan_out": False,
         "inference_mode": True, "init_lora_weights": True, "modules_to_save": None, "layers_to_transform": None,
         "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
@@ -127,7 +133,7 @@ def save_peft(folder: str | Path, cfg: ModelConfig, params_or_adapters: Any, bas
 
 
 def _adapted(adapters: dict) -> dict[str, dict]:
-    """Module path in the unrolled layout ("layers_0/attn/q") → its {"lora_a", "lora_b"}."""
+    """Module path in the unrolled layout ("layers_0/attn/q", "layers_1/mlp/wi_gate") → its {"lora_a", "lora_b"}."""
     out = {}
 
     def walk(tree: dict, path: tuple[str, ...]) -> None:
@@ -137,6 +143,8 @@ def _adapted(adapters: dict) -> dict[str, dict]:
         for key, value in tree.items():
             if isinstance(value, dict):
                 walk(value, path + (key,))
+            elif key.endswith(EXPERT_SUFFIXES):  # a routed expert weight's: {name}_lora_a, {name}_lora_b
+                out.setdefault("/".join(path + (key[:-len("_lora_a")],)), {})[key[-len("lora_a"):]] = value
 
     walk(unstack_layers(jax.device_get(adapters)), ())
     return out
@@ -157,7 +165,8 @@ def _target_modules(modules: list[_Module], adapted: set[str]) -> list[str] | st
 def load_peft(folder: str | Path, cfg: ModelConfig) -> tuple[LoRAConfig, dict]:
     """(LoRAConfig, adapters in cfg's layout) from a PEFT LoRA folder, so that merge(base, adapters) is peft's model.
 
-    lora_dropout is read as 0: dropout acts only while training, so the adapted function is the same.
+    lora_dropout becomes LoRAConfig.dropout (it acts only in the SFT and GRPO updates: the adapted function
+    is the same whatever it is).
     """
     folder = Path(folder)
     config_file, weights_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
@@ -165,7 +174,7 @@ def load_peft(folder: str | Path, cfg: ModelConfig) -> tuple[LoRAConfig, dict]:
     if not isinstance(config, dict):
         raise HFFileError(f"{config_file}: not a JSON object")
     modules = _modules(cfg)
-    rank, alpha, rslora = _check_config(config, config_file, modules)
+    rank, alpha, rslora, dropout = _check_config(config, config_file, modules)
     by_hf, by_ours = {m.hf: m for m in modules}, {m.ours: m for m in modules}
     found: dict[str, dict[str, np.ndarray]] = {}
     for name, x in _read_tensors(weights_file).items():
@@ -190,7 +199,7 @@ def load_peft(folder: str | Path, cfg: ModelConfig) -> tuple[LoRAConfig, dict]:
             raise HFFileError(f"{weights_file}: {by_ours[path].hf} has lora_{'A' if 'lora_a' in pair else 'B'} "
                               "without its partner (lora_A and lora_B come in pairs)")
     relative = sorted({path.split("/", 1)[1] for path in found})
-    lora_cfg = LoRAConfig(rank=rank, alpha=alpha, rslora=rslora,
+    lora_cfg = LoRAConfig(rank=rank, alpha=alpha, rslora=rslora, dropout=dropout,
                           targets="/(" + "|".join(re.escape(p) for p in relative) + ")$")
     placed = {m.ours for m in modules if m.adapter is not None and lora_cfg.adapts(m.ours)}
     if placed != set(found):
@@ -209,8 +218,9 @@ def load_peft(folder: str | Path, cfg: ModelConfig) -> tuple[LoRAConfig, dict]:
     return lora_cfg, {k: v for k, v in convert_layout(flat, cfg).items() if jax.tree.leaves(v)}
 
 
-def _check_config(config: dict, file: Path, modules: list[_Module]) -> tuple[int, float, bool]:
-    """(r, lora_alpha, use_rslora) from adapter_config.json; an error naming the field for what r1jax cannot load."""
+def _check_config(config: dict, file: Path, modules: list[_Module]) -> tuple[int, float, bool, float]:
+    """(r, lora_alpha, use_rslora, lora_dropout) from adapter_config.json; an error naming the field for what
+    r1jax cannot load."""
     def need(ok: bool, field: str, why: str) -> None:
         if not ok:
             raise HFFileError(f"{file}: {field}={config.get(field)!r}: {why}")
@@ -220,6 +230,9 @@ def _check_config(config: dict, file: Path, modules: list[_Module]) -> tuple[int
     rank, alpha = config.get("r"), config.get("lora_alpha")
     need(isinstance(rank, int) and not isinstance(rank, bool) and rank > 0, "r", "must be an int > 0")
     need(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0, "lora_alpha", "must be > 0")
+    dropout = config.get("lora_dropout", 0.0)
+    need(isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1, "lora_dropout",
+         "must be in [0, 1)")
     need(config.get("bias", "none") == "none", "bias", "only bias='none' is supported")
     for field, why in _UNSUPPORTED.items():
         need(not config.get(field), field, why)
@@ -230,7 +243,7 @@ def _check_config(config: dict, file: Path, modules: list[_Module]) -> tuple[int
             need(any(h == name or h.endswith("." + name) for h in placeable), "target_modules",
                  f"r1jax cannot place an adapter on {name!r} (it adapts: "
                  f"{', '.join(sorted({h.rsplit('.', 1)[-1] for h in placeable}))})")
-    return rank, float(alpha), bool(config.get("use_rslora", False))
+    return rank, float(alpha), bool(config.get("use_rslora", False)), float(dropout)
 
 
 def _read_tensors(file: Path) -> dict[str, np.ndarray]:

@@ -11,7 +11,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from r1jax import hf, lora, lora_hf
-from r1jax.config import LoRAConfig, MLAConfig, ModelConfig
+from r1jax.config import LoRAConfig, MLAConfig, ModelConfig, MoEConfig
+from r1jax.errors import UsageError
 from r1jax.model import Transformer, positions_from_mask
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -143,9 +144,12 @@ def test_unsupported_options_are_errors_naming_the_field(changes, message, tmp_p
         lora_hf.load_peft(tmp_path, base()[0])
 
 
-def test_dropout_is_read_as_zero(tmp_path):
+def test_dropout_is_read_into_the_config_and_bad_values_name_the_field(tmp_path):
     edit_config(copy_adapter(tmp_path), lora_dropout=0.1)
-    assert lora_hf.load_peft(tmp_path, base()[0])[0].dropout == 0.0
+    assert lora_hf.load_peft(tmp_path, base()[0])[0].dropout == 0.1
+    edit_config(tmp_path, lora_dropout=1.5)
+    with pytest.raises(ValueError, match="lora_dropout=1.5: must be in"):
+        lora_hf.load_peft(tmp_path, base()[0])
 
 
 def edit_tensors(folder, edit):
@@ -179,3 +183,7 @@ def test_export_refuses_what_peft_cannot_hold_here():
     adapters = lora.init_adapters(cfg, jax.random.key(0))
     with pytest.raises(ValueError, match="layers_0/attn/kv_a cannot be exported .*interleaved RoPE"):
         lora_hf.save_peft("/nonexistent", cfg, adapters)
+    moe = ModelConfig.tiny(moe=MoEConfig(num_experts=4, top_k=2, expert_dim=16), lora=LoRAConfig(rank=2))
+    with pytest.raises(UsageError, match=r"layers_0/mlp/wi_gate cannot be exported \(routed MoE experts have no "
+                                         r"standard PEFT key layout: adapt targets without them .* save the merged"):
+        lora_hf.save_peft("/nonexistent", moe, lora.init_adapters(moe, jax.random.key(0)))

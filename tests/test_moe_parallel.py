@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from collectives import gathered_ragged_all_to_all
+
 from r1jax import sharding
 from r1jax.config import ModelConfig, MoEConfig
 from r1jax.model import MoE
@@ -120,7 +122,7 @@ def test_all_to_all_bookkeeping_equals_one_device_with_a_gathered_stand_in(spec,
     with sharding.use_mesh(mesh(spec)):
         ep = dataclasses.replace(moe_parallel.expert_sharding(V3), mode="all_to_all")
         parallel = functools.partial(moe_parallel.parallel_expert_ffn, ep, ffn=ffn, grouped=grouped_ffn(backend),
-                                     collective=moe_parallel.gathered_ragged_all_to_all)
+                                     collective=gathered_ragged_all_to_all)
         got = jax.jit(jax.value_and_grad(functools.partial(loss, parallel), argnums=(0, 1, 2, 3, 4),
                                          has_aux=True))(x, gates, *w)
     assert_close(got, want)
@@ -144,7 +146,7 @@ def test_gathered_stand_in_matches_the_documented_ragged_all_to_all_example():
             ([[0, 1], [0, 1]], [[1, 2], [1, 1]], [[0, 0], [1, 2]], [[1, 1], [2, 1]])]
     spec = jax.sharding.PartitionSpec("expert")
     with sharding.use_mesh(mesh("expert=2")):
-        fn = jax.shard_map(functools.partial(moe_parallel.gathered_ragged_all_to_all, axis_name="expert"),
+        fn = jax.shard_map(functools.partial(gathered_ragged_all_to_all, axis_name="expert"),
                            in_specs=(spec,) * 6, out_specs=spec)
         out = jax.jit(fn)(operand, np.zeros((8, 1), np.float32), *args)
     np.testing.assert_array_equal(np.asarray(out).reshape(2, 4), [[1, 3, 0, 0], [2, 2, 4, 0]])

@@ -44,6 +44,21 @@ def matmul_2d(x: jax.Array, kernel: jax.Array, num_in: int = 1, preferred_elemen
     return y.reshape(lead + out)
 
 
+def lora_dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """PEFT's lora_dropout of an adapter's input: x / (1 − rate) where kept, 0 where dropped; x without a key."""
+    if key is None or not rate:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def lora_dropout_key(module: nn.Module) -> jax.Array | None:
+    """A fresh key of the "dropout" rng for `module`'s adapters, or None: no LoRA dropout, or applied without one."""
+    if not module.cfg.lora.dropout or not module.has_rng("dropout"):
+        return None
+    return module.make_rng("dropout")
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (arXiv 1910.07467) computed in f32, returned in the compute dtype."""
 
@@ -85,9 +100,8 @@ class Dense(nn.Module):
             y = y + bias.astype(cfg.dtype).reshape((1,) * (y.ndim - bias.ndim) + bias.shape)
         return y
 
-
     def _lora(self, x: jax.Array, n: int) -> jax.Array:
-        """LoRA's x·A·B·scale (arXiv 2106.09685): A [in…, r] kaiming-uniform as PEFT's, B [r, out…] zeros."""
+        """LoRA's dropout(x)·A·B·scale (arXiv 2106.09685): A [in…, r] kaiming-uniform (PEFT's), B [r, out…] 0."""
         cfg, r = self.cfg, self.cfg.lora.rank
         in_shape = tuple(x.shape[-n:])
         init_a = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=tuple(range(n)), out_axis=n)
@@ -95,7 +109,8 @@ class Dense(nn.Module):
                        in_shape + (r,), cfg.param_dtype)
         b = self.param("lora_b", zeros_init("lora_rank", *self.axes[n:]), (r,) + tuple(self.features),
                        cfg.param_dtype)
-        h = matmul_2d(x.astype(cfg.dtype), a.astype(cfg.dtype), n)
+        x = lora_dropout(x.astype(cfg.dtype), cfg.lora.dropout, lora_dropout_key(self))
+        h = matmul_2d(x, a.astype(cfg.dtype), n)
         return (matmul_2d(h, b.astype(cfg.dtype), 1) * cfg.lora.scale).astype(cfg.dtype)
 
 

@@ -19,6 +19,10 @@ ones; only the grouped matmuls are split. Two exchanges, same numbers:
               and sends the outputs back the same way. Moves only routed rows; XLA:CPU
               does not implement the collective (GPU/TPU only).
 
+A routed weight may be a pytree (moe.AdaptedExperts: W and its LoRA A, B), every leaf with the
+leading expert axis: each leaf is split like W. The LoRA dropout key is replicated and folded
+with the shard's index over the token axes, so shards draw different masks.
+
 Both are dropless with static shapes: a shard's buffer holds the worst case (all
 S·T_s·K pairs on its experts), so the 'blocked' backend computes that many rows
 whatever the routing; ragged_dot skips the rows after its groups on GPU/TPU.
@@ -59,6 +63,11 @@ def _spec_axes(entry) -> tuple[str, ...]:
     return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
+def expert_count(weight) -> int:
+    """Experts of a routed weight: an [X, in, out] array or a pytree whose leaves all lead with X."""
+    return jax.tree.leaves(weight)[0].shape[0]
+
+
 def expert_sharding(moe: MoEConfig) -> ExpertSharding | None:
     """The active mesh's split of this layer's experts by r1jax.sharding's rules, or None (one device's view).
 
@@ -86,15 +95,16 @@ def expert_sharding(moe: MoEConfig) -> ExpertSharding | None:
 
 
 def parallel_expert_ffn(ep: ExpertSharding, x_TxE: jax.Array, experts_TxK: jax.Array, gates_TxK: jax.Array,
-                        wi_gate_XxExM: jax.Array, wi_up_XxExM: jax.Array, wo_XxMxE: jax.Array, *,
-                        ffn: Callable[..., jax.Array], grouped: Callable[..., jax.Array],
-                        collective: Collective = jax.lax.ragged_all_to_all) -> jax.Array:
+                        wi_gate_XxExM, wi_up_XxExM, wo_XxMxE, *, ffn: Callable[..., jax.Array],
+                        grouped: Callable[..., jax.Array], collective: Collective = jax.lax.ragged_all_to_all,
+                        dropout_key: jax.Array | None = None) -> jax.Array:
     """moe.expert_ffn's y_TxE with the experts split as `ep` says (inside the active mesh).
 
     `ffn` is expert_ffn with its backend bound (ring), `grouped` the backend's grouped
-    SwiGLU (all_to_all); `collective` stands in for ragged_all_to_all (tests on CPU).
+    SwiGLU (all_to_all); `collective` stands in for ragged_all_to_all (tests on CPU);
+    `dropout_key` draws the LoRA dropout of AdaptedExperts weights.
     """
-    tokens, num_experts = x_TxE.shape[0], wi_gate_XxExM.shape[0]
+    tokens, num_experts = x_TxE.shape[0], expert_count(wi_gate_XxExM)
     pad = -tokens % ep.token_shards
     if pad:  # padded tokens route to expert X, which no shard owns: they add nothing
         x_TxE = jnp.pad(x_TxE, ((0, pad), (0, 0)))
@@ -105,17 +115,23 @@ def parallel_expert_ffn(ep: ExpertSharding, x_TxE: jax.Array, experts_TxK: jax.A
     else:
         local = lambda *args: _all_to_all_shard(ep, grouped, collective, *args)  # noqa: E731
     tok, exp = PartitionSpec(ep.token_axes), PartitionSpec(ep.expert_axes)
-    y_TxE = jax.shard_map(local, in_specs=(tok, tok, tok, exp, exp, exp), out_specs=tok)(
-        x_TxE, experts_TxK, gates_TxK, wi_gate_XxExM, wi_up_XxExM, wo_XxMxE)
+    y_TxE = jax.shard_map(local, in_specs=(tok, tok, tok, exp, exp, exp, PartitionSpec()), out_specs=tok)(
+        x_TxE, experts_TxK, gates_TxK, wi_gate_XxExM, wi_up_XxExM, wo_XxMxE, dropout_key)
     return y_TxE[:tokens]
 
 
-def _ring_shard(ep: ExpertSharding, ffn, x_txE, experts_txK, gates_txK, wi_gate_xxExM, wi_up_xxExM, wo_xxMxE):
+def _shard_key(ep: ExpertSharding, key: jax.Array | None) -> jax.Array | None:
+    """This shard's dropout key: the replicated key folded with the shard's index over the token axes."""
+    return None if key is None else jax.random.fold_in(key, jax.lax.axis_index(ep.token_axes))
+
+
+def _ring_shard(ep: ExpertSharding, ffn, x_txE, experts_txK, gates_txK, wi_gate_xxExM, wi_up_xxExM, wo_xxMxE,
+                dropout_key):
     """One shard of the ring: gather the tokens of the expert shards, own experts only, reduce-scatter back."""
     gather = lambda a: jax.lax.all_gather(a, ep.expert_axes, axis=0, tiled=True)  # noqa: E731
-    first_expert = jax.lax.axis_index(ep.expert_axes) * wi_gate_xxExM.shape[0]
+    first_expert = jax.lax.axis_index(ep.expert_axes) * expert_count(wi_gate_xxExM)
     y_StxE = ffn(gather(x_txE), gather(experts_txK), gather(gates_txK), wi_gate_xxExM, wi_up_xxExM, wo_xxMxE,
-                 first_expert=first_expert)
+                 first_expert=first_expert, dropout_key=_shard_key(ep, dropout_key))
     return jax.lax.psum_scatter(y_StxE, ep.expert_axes, scatter_dimension=0, tiled=True)
 
 
@@ -124,11 +140,11 @@ def _exclusive_cumsum(a: jax.Array, axis: int = 0) -> jax.Array:
 
 
 def _all_to_all_shard(ep: ExpertSharding, grouped, collective, x_txE, experts_txK, gates_txK, wi_gate_xxExM,
-                      wi_up_xxExM, wo_xxMxE):
+                      wi_up_xxExM, wo_xxMxE, dropout_key):
     """One shard of the all-to-all: send each pair's row to its expert's shard, compute, send the output back."""
     shards, axes = ep.shards, ep.expert_axes
     tokens, top_k = experts_txK.shape
-    local_experts = wi_gate_xxExM.shape[0]
+    local_experts = expert_count(wi_gate_xxExM)
     num_experts = shards * local_experts
     me = jax.lax.axis_index(axes)
 
@@ -154,7 +170,8 @@ def _all_to_all_shard(ep: ExpertSharding, grouped, collective, x_txE, experts_tx
     expert_R = jnp.where(segment_R < shards * local_experts, segment_R % local_experts, local_experts)
     order_R = jnp.argsort(expert_R, stable=True)
     group_sizes_x = jnp.bincount(expert_R, length=local_experts).astype(jnp.int32)
-    out_RxE = grouped(jnp.take(recv_RxE, order_R, axis=0), group_sizes_x, wi_gate_xxExM, wi_up_xxExM, wo_xxMxE)
+    out_RxE = grouped(jnp.take(recv_RxE, order_R, axis=0), group_sizes_x, wi_gate_xxExM, wi_up_xxExM, wo_xxMxE,
+                      _shard_key(ep, dropout_key))
     out_RxE = jnp.zeros_like(out_RxE).at[order_R].set(out_RxE, unique_indices=True)  # arrival order again
 
     back_offsets_S = _exclusive_cumsum(sizes_SxS, axis=1)[:, me]  # where each sender's slice started
@@ -163,25 +180,3 @@ def _all_to_all_shard(ep: ExpertSharding, grouped, collective, x_txE, experts_tx
     weighted_pxE = back_pxE.astype(jnp.float32) * gates_txK.reshape(-1)[order_p][:, None]
     y_txE = jnp.zeros((tokens, x_txE.shape[1]), jnp.float32).at[token_p].add(weighted_pxE)
     return y_txE.astype(x_txE.dtype)
-
-
-def gathered_ragged_all_to_all(operand: jax.Array, output: jax.Array, input_offsets: jax.Array,
-                               send_sizes: jax.Array, output_offsets: jax.Array, recv_sizes: jax.Array, *,
-                               axis_name) -> jax.Array:
-    """jax.lax.ragged_all_to_all's result (one slice per device) from all_gathers: dense traffic, any backend.
-
-    For testing the all-to-all bookkeeping where the real collective is unimplemented (CPU).
-    """
-    del recv_sizes  # implied by the senders' send_sizes
-    me = jax.lax.axis_index(axis_name)
-    operands_SxNxE = jax.lax.all_gather(operand, axis_name)
-    start_S = jax.lax.all_gather(input_offsets, axis_name)[:, me]  # each sender's slice for me
-    size_S = jax.lax.all_gather(send_sizes, axis_name)[:, me]
-    land_S = jax.lax.all_gather(output_offsets, axis_name)[:, me]
-    row_R = jnp.arange(output.shape[0])
-    inside_RxS = (row_R[:, None] >= land_S[None, :]) & (row_R[:, None] < (land_S + size_S)[None, :])
-    sender_R = jnp.argmax(inside_RxS, axis=1)
-    source_R = jnp.clip(start_S[sender_R] + row_R - land_S[sender_R], 0, operand.shape[0] - 1)
-    got_RxE = operands_SxNxE[sender_R, source_R]
-    hit_R = jnp.any(inside_RxS, axis=1).reshape((-1,) + (1,) * (output.ndim - 1))
-    return jnp.where(hit_R, got_RxE, output)

@@ -198,7 +198,8 @@ def block_class(cfg: ModelConfig, layers: int) -> type[nn.Module]:
         block = nn.remat(block, policy=REMAT[cfg.remat], prevent_cse=layers == 1)
     if layers == 1:
         return block
-    return nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+    return nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
+                   split_rngs={"params": True, "dropout": True},  # LoRA dropout: fresh masks in every layer
                    in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=layers,
                    metadata_params={nn.PARTITION_NAME: "layers"})
 

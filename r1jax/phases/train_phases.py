@@ -112,10 +112,10 @@ class SFTPhase:
             teacher_params = sharding.place(teacher_params, ctx.mesh, teacher_cfg)
             distill = make_distill_step(model, Transformer(teacher_cfg), tx, alpha=self.kd_alpha,
                                         temperature=self.kd_temperature, chunk=self.logprob_chunk,
-                                        state_sharding=state_sharding)
+                                        state_sharding=state_sharding, seed=ctx.phase_seed)
             step_fn = lambda s, b: distill(s, b, teacher_params, frozen)  # noqa: E731
         else:
-            sft = make_sft_step(model, tx, chunk=self.logprob_chunk, state_sharding=state_sharding)
+            sft = make_sft_step(model, tx, chunk=self.logprob_chunk, state_sharding=state_sharding, seed=ctx.phase_seed)
             step_fn = lambda s, b: sft(s, b, frozen)  # noqa: E731
         cursor = cursor or {"step": 0, "epoch": 0, "index": 0}
         per_epoch = batches_per_epoch(packed, self.batch_size)

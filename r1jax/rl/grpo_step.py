@@ -11,7 +11,8 @@ the host shuffles rows beforehand), and each minibatch's gradient is the mean ov
 over the devices, each device holds its share of every minibatch, so no update moves
 rows between devices. Every inner epoch after the first deals a fresh permutation of
 the rows drawn from (key, epoch) (`epoch_order`), so epochs see different minibatches;
-the key also draws Clip-Cov's tokens (default: from the optimizer step). Metrics
+the key also draws Clip-Cov's tokens and, with LoRAConfig.dropout > 0, the adapters' dropout in
+the policy's forward passes (default: from the optimizer step). Metrics
 are means over all updates of the call, plus `skipped` (non-finite updates), and the
 sampler–trainer mismatch (`rollout/…`) when the batch carries the sampler's log-probs.
 """
@@ -101,7 +102,7 @@ def make_grpo_step(model: Transformer, tx: optax.GradientTransformation, cfg: GR
         full = params if frozen is None else lora.merge(frozen, params)  # LoRA: gradients reach the adapters only
         logp_BxT, ent_BxT, aux, stats = completion_logps_aux(
             model, full, mb.prompt_BxP, mb.prompt_mask_BxP, mb.completion_BxT, mb.completion_mask_BxT,
-            cfg.logprob_chunk, with_entropy=True)
+            cfg.logprob_chunk, with_entropy=True, dropout_key=lora.dropout_key(model.cfg, rng))
         is_weights_BxT = None
         if cfg.rollout_is != "none":
             is_weights_BxT, _ = rollout_is_weights(mb.old_logps_BxT, mb.sampler_logps_BxT, mb.loss_mask_BxT,

@@ -104,15 +104,20 @@ def chunked_token_logps(model: Transformer, params, hidden_BxTxE: jax.Array, tar
 
 
 def hidden_with_aux(model: Transformer, params, tokens_BxL: jax.Array, positions_BxL: jax.Array,
-                    mask_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None
-                    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """Final hidden states, the MoE auxiliary loss and expert-load stats (0 and {} for dense models)."""
+                    mask_BxL: jax.Array, segment_ids_BxL: jax.Array | None = None,
+                    dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Final hidden states, the MoE auxiliary loss and expert-load stats (0 and {} for dense models).
+
+    `dropout_key`: the "dropout" rng of a training pass (LoRA dropout, r1jax.lora.dropout_key); None: none.
+    """
     args = (tokens_BxL, positions_BxL, mask_BxL)
+    kw = dict(segment_ids=segment_ids_BxL, method="hidden")
+    if dropout_key is not None:
+        kw["rngs"] = {"dropout": dropout_key}
     if model.cfg.moe is None:
-        hidden_BxLxE, _ = model.apply({"params": params}, *args, segment_ids=segment_ids_BxL, method="hidden")
+        hidden_BxLxE, _ = model.apply({"params": params}, *args, **kw)
         return hidden_BxLxE, jnp.zeros((), jnp.float32), {}
-    (hidden_BxLxE, _), state = model.apply({"params": params}, *args, segment_ids=segment_ids_BxL, method="hidden",
-                                           mutable=["intermediates"])
+    (hidden_BxLxE, _), state = model.apply({"params": params}, *args, mutable=["intermediates"], **kw)
     aux, stats = moe_aux(model.cfg, state["intermediates"])
     return hidden_BxLxE, aux, stats
 
@@ -138,12 +143,14 @@ def balance_experts(model: Transformer, params, metrics: dict[str, jax.Array],
 
 def completion_logps_aux(model: Transformer, params, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array,
                          completion_BxT: jax.Array, completion_mask_BxT: jax.Array, chunk: int = 256,
-                         with_entropy: bool = False):
-    """(logp_BxT, entropy_BxT or None, MoE aux loss, MoE stats) of each completion token."""
+                         with_entropy: bool = False, dropout_key: jax.Array | None = None):
+    """(logp_BxT, entropy_BxT or None, MoE aux loss, MoE stats) of each completion token; `dropout_key` as in
+    hidden_with_aux (a training pass)."""
     tokens_BxS = jnp.concatenate([prompt_BxP, completion_BxT], axis=1)
     mask_BxS = jnp.concatenate([prompt_mask_BxP, completion_mask_BxT], axis=1).astype(bool)
     positions_BxS = jnp.maximum(jnp.cumsum(mask_BxS, axis=1, dtype=jnp.int32) - 1, 0)
-    hidden_BxSxE, aux, stats = hidden_with_aux(model, params, tokens_BxS, positions_BxS, mask_BxS)
+    hidden_BxSxE, aux, stats = hidden_with_aux(model, params, tokens_BxS, positions_BxS, mask_BxS,
+                                               dropout_key=dropout_key)
     prompt_len, length = prompt_BxP.shape[1], completion_BxT.shape[1]
     # the hidden state at slot s predicts the token at slot s + 1
     hidden_BxTxE = jax.lax.dynamic_slice_in_dim(hidden_BxSxE, prompt_len - 1, length, axis=1)

@@ -52,16 +52,21 @@ def kd_kl(student_logits_XxV: jax.Array, teacher_logits_XxV: jax.Array, temperat
     return (jnp.exp(logq_XxV) * (logq_XxV - logp_XxV)).sum(-1)
 
 
-def _hidden(model: Transformer, params, batch: PackedBatch) -> tuple[jax.Array, jax.Array, dict]:
+def _hidden(model: Transformer, params, batch: PackedBatch, dropout_key: jax.Array | None = None
+            ) -> tuple[jax.Array, jax.Array, dict]:
     seg_BxL = batch.segment_ids_BxL
-    return hidden_with_aux(model, params, batch.tokens_BxL, batch.positions_BxL, seg_BxL != 0, seg_BxL)
+    return hidden_with_aux(model, params, batch.tokens_BxL, batch.positions_BxL, seg_BxL != 0, seg_BxL, dropout_key)
 
 
 def token_losses(model: Transformer, params, batch: PackedBatch, chunk: int, teacher: Transformer | None = None,
-                 teacher_params=None, temperature: float = 1.0) -> tuple[jax.Array, ...]:
-    """Per-slot (ce_BxL, correct_BxL, kl_BxL, weights_BxL), MoE (aux loss, stats); kl is zeros without a teacher."""
+                 teacher_params=None, temperature: float = 1.0, dropout_key: jax.Array | None = None
+                 ) -> tuple[jax.Array, ...]:
+    """Per-slot (ce_BxL, correct_BxL, kl_BxL, weights_BxL), MoE (aux loss, stats); kl is zeros without a teacher.
+
+    `dropout_key`: the student's LoRA dropout rng (a training pass, r1jax.lora.dropout_key); the teacher runs without.
+    """
     targets_BxL, weights_BxL = next_token_targets(batch)
-    hidden_BxLxE, aux, stats = _hidden(model, params, batch)
+    hidden_BxLxE, aux, stats = _hidden(model, params, batch, dropout_key)
     t_hidden_BxLxE = (jnp.zeros(hidden_BxLxE.shape[:2] + (1,), hidden_BxLxE.dtype) if teacher is None
                       else jax.lax.stop_gradient(_hidden(teacher, teacher_params, batch)[0]))
 
@@ -84,15 +89,19 @@ def _rows(batch: PackedBatch, start: jax.Array, size: int) -> PackedBatch:
 
 def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int, grad_accum: int,
                 post_update: Callable[[TrainState, Metrics], TrainState] | None,
-                teacher: Transformer | None, alpha: float, temperature: float):
-    """step(state, batch, teacher_params) → (state, metrics), not yet jitted."""
+                teacher: Transformer | None, alpha: float, temperature: float, seed: int = 0):
+    """step(state, batch, teacher_params) → (state, metrics), not yet jitted.
+
+    With LoRA dropout (model.cfg.lora.dropout > 0) micro-batch i of update `state.step` draws its masks from
+    (seed, state.step, i): reproducible, and the same after a resume.
+    """
     if grad_accum < 1:
         raise ValueError(f"grad_accum={grad_accum} must be >= 1")
 
-    def loss_fn(params, mb: PackedBatch, teacher_params, total, frozen):
+    def loss_fn(params, mb: PackedBatch, teacher_params, total, frozen, dropout_key):
         full = params if frozen is None else lora.merge(frozen, params)  # LoRA: gradients reach the adapters only
         ce_BxL, correct_BxL, kl_BxL, w_BxL, (aux, stats) = token_losses(model, full, mb, chunk, teacher,
-                                                                        teacher_params, temperature)
+                                                                        teacher_params, temperature, dropout_key)
         per_token_BxL = ce_BxL if teacher is None else (1 - alpha) * ce_BxL + alpha * temperature ** 2 * kl_BxL
         sums = {"loss": (per_token_BxL * w_BxL).sum(), "ce": (ce_BxL * w_BxL).sum(),
                 "accuracy": (correct_BxL * w_BxL).sum()}
@@ -115,7 +124,9 @@ def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int
         total = jnp.maximum(tokens, 1.0)
 
         def grads_and_sums(i):
-            (_, sums), grads = grad_fn(state.params, _rows(batch, i * micro, micro), teacher_params, total, frozen)
+            dropout_key = lora.dropout_key(model.cfg, seed, state.step, i)
+            (_, sums), grads = grad_fn(state.params, _rows(batch, i * micro, micro), teacher_params, total, frozen,
+                                       dropout_key)
             return grads, sums
 
         if grad_accum == 1:
@@ -142,13 +153,15 @@ def _build_step(model: Transformer, tx: optax.GradientTransformation, chunk: int
 
 def make_sft_step(model: Transformer, tx: optax.GradientTransformation, chunk: int = 256,
                   post_update: Callable[[TrainState, Metrics], TrainState] | None = None, *, grad_accum: int = 1,
-                  state_sharding: Any = None) -> Callable[[TrainState, PackedBatch], tuple[TrainState, Metrics]]:
+                  state_sharding: Any = None, seed: int = 0
+                  ) -> Callable[[TrainState, PackedBatch], tuple[TrainState, Metrics]]:
     """Jitted (state, batch, frozen=None) SFT update (state donated); metrics: loss, ce, accuracy, tokens, input_tokens,
     grad_norm, skipped. With LoRA the state holds the adapters and `frozen` the base params (r1jax.lora).
 
-    `state_sharding` (r1jax.sharding.tree_shardings of the state) pins the new state's layout to the old one's.
+    `state_sharding` (r1jax.sharding.tree_shardings of the state) pins the new state's layout to the old one's;
+    `seed` (with the optimizer step) draws the LoRA dropout when model.cfg.lora.dropout > 0.
     """
-    step = _build_step(model, tx, chunk, grad_accum, post_update, None, 0.0, 1.0)
+    step = _build_step(model, tx, chunk, grad_accum, post_update, None, 0.0, 1.0, seed)
     return jax.jit(lambda state, batch, frozen=None: step(state, batch, None, frozen), donate_argnums=(0,),
                    out_shardings=(state_sharding, None))
 
@@ -156,7 +169,7 @@ def make_sft_step(model: Transformer, tx: optax.GradientTransformation, chunk: i
 def make_distill_step(student: Transformer, teacher: Transformer, tx: optax.GradientTransformation,
                       alpha: float = 0.5, temperature: float = 1.0, chunk: int = 256,
                       post_update: Callable[[TrainState, Metrics], TrainState] | None = None, *, grad_accum: int = 1,
-                      state_sharding: Any = None) -> Callable[..., tuple[TrainState, Metrics]]:
+                      state_sharding: Any = None, seed: int = 0) -> Callable[..., tuple[TrainState, Metrics]]:
     """Jitted (state, batch, teacher_params) update on (1−α)·CE + α·τ²·KL(teacher_τ ‖ student_τ).
 
     Logit distillation with temperature τ (Hinton et al. 2015, arXiv 1503.02531):
@@ -170,7 +183,7 @@ def make_distill_step(student: Transformer, teacher: Transformer, tx: optax.Grad
         raise ValueError(f"alpha={alpha} must be in [0, 1]")
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
-    step = _build_step(student, tx, chunk, grad_accum, post_update, teacher, alpha, temperature)
+    step = _build_step(student, tx, chunk, grad_accum, post_update, teacher, alpha, temperature, seed)
     return jax.jit(step, donate_argnums=(0,), out_shardings=(state_sharding, None))
 
 

@@ -216,3 +216,33 @@ def test_every_recipe_reports_from_its_results_into_its_workdir(tmp_path):
                       str(tmp_path))
     assert "| final | 0.250 | 0.500 | 1.000 | 40.0 |" in table and "kept 3 of 8" in table
     assert (tmp_path / "summary.md").read_text().strip() == table.strip()
+
+
+def test_lora_from_the_command_line_reaches_every_trained_stage_of_every_recipe(tmp_path, monkeypatch):
+    from r1jax import phases
+    from r1jax.cli import apply_overrides
+    from r1jax.errors import UsageError
+    from r1jax.phases import RLPhase, SFTPhase
+    from r1jax.recipes import code_rl, r1
+
+    flags = ["lora.rank=16", "lora.targets=all-linear"]
+    (tmp_path / "teacher" / "checkpoints").mkdir(parents=True)  # check_teacher looks for a run there
+    monkeypatch.setattr(phases, "source_model_config", lambda source: SMOKE.model)  # no teacher trained here
+    runners = {
+        "r1_zero": [r1_zero.build(apply_overrides(SMOKE, flags), str(tmp_path / "z"))],
+        "r1": [r1.build(apply_overrides(r1.R1Config(base=SMOKE), flags), str(tmp_path / "r1"))],
+        "distill": list(distill.build(apply_overrides(distill.DistillConfig(teacher=str(tmp_path / "teacher"),
+                                                                            data=SMOKE), flags),
+                                      str(tmp_path / "d")).values()),
+        "code_rl": [code_rl.build(apply_overrides(code_rl.CodeRLConfig(), flags), str(tmp_path / "c"))],
+    }
+    for name, rs in runners.items():
+        trained = {p.name: p.lora.rank for r in rs for p in r.phases if isinstance(p, (RLPhase, SFTPhase))}
+        adapted = {n for n, rank in trained.items() if rank == 16}
+        assert any(n.endswith("rl") for n in adapted), (name, trained)
+        assert "pretrain" not in adapted, (name, trained)  # a base is trained whole
+    assert set(n for n, r in {p.name: p.lora.rank for p in runners["r1"][0].phases
+                              if isinstance(p, (RLPhase, SFTPhase))}.items() if r) == {
+        "cold_start", "reasoning_rl", "sft", "all_rl"}
+    with pytest.raises(UsageError, match="set lora.rank"):  # the nested one would be ignored: an error, not silence
+        r1.build(apply_overrides(r1.R1Config(base=SMOKE), ["base.lora.rank=8"]), str(tmp_path / "bad"))

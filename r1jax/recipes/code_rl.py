@@ -16,7 +16,7 @@ import dataclasses
 import os
 from typing import Any
 
-from r1jax.config import GRPOConfig, ModelConfig, OptimizerConfig, SamplingSettings
+from r1jax.config import GRPOConfig, LoRAConfig, ModelConfig, OptimizerConfig, SamplingSettings
 from r1jax.data import R1_ZERO
 
 DEFAULT_TASKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
@@ -41,6 +41,7 @@ class CodeRLConfig:
                                   kl_beta=0.0, logprob_chunk=96)
     rl_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-4)
     reward_timeout_s: float = 120.0
+    lora: LoRAConfig = LoRAConfig()  # rank > 0: GRPO trains LoRA adapters on the cold-started model
 
 
 PRESETS: dict[str, CodeRLConfig] = {"tiny": CodeRLConfig()}
@@ -67,7 +68,7 @@ def build(cfg: CodeRLConfig, workdir: str, mesh: str | None = None):
         SFTPhase("cold_start", lambda ctx: pairs, steps=cfg.sft_steps, batch_size=cfg.sft_batch,
                  seq_len=cfg.seq_len, optimizer=cfg.sft_optimizer),
         RLPhase("rl", lambda ctx: tasks, rewards, R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,
-                optimizer=cfg.rl_optimizer, reward_timeout_s=cfg.reward_timeout_s),
+                optimizer=cfg.rl_optimizer, reward_timeout_s=cfg.reward_timeout_s, lora=cfg.lora),
     ]
     return Runner(workdir, cfg.model, phases, seed=cfg.seed, checkpoint_every=max(1, cfg.rl_steps), mesh=mesh)
 

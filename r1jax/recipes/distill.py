@@ -21,10 +21,10 @@ import os
 import time
 from typing import Any
 
-from r1jax.config import ModelConfig, OptimizerConfig
+from r1jax.config import LoRAConfig, ModelConfig, OptimizerConfig
 from r1jax.data import R1_ZERO
-from r1jax.recipes.r1_zero import (R1ZeroConfig, base_corpus, before_after_table, default_rewards, problems,
-                                   reward_pool)
+from r1jax.recipes.r1_zero import (R1ZeroConfig, base_corpus, before_after_table, check_lora, default_rewards,
+                                   problems, reward_pool)
 
 STAGES = ("student_base", "teacher_traces", "distilled", "rl_only")
 
@@ -47,6 +47,7 @@ class DistillConfig:
     kd_alpha: float = 0.0  # > 0: add logit distillation from the teacher to the SFT loss
     kd_temperature: float = 1.0
     rl_steps: int = 40
+    lora: LoRAConfig = LoRAConfig()  # rank > 0: the distillation SFT and the RL arm train LoRA adapters on the student
 
 
 PRESETS: dict[str, DistillConfig] = {"tiny": DistillConfig()}
@@ -66,6 +67,7 @@ def build(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, Any]:
 
     check_teacher(cfg)
     d = cfg.data
+    check_lora(cfg.lora, d.lora, "data.lora")
     train, test = problems(d)
     corpus = base_corpus(d, train)
     student = dataclasses.replace(cfg.student, vocab_size=d.vocab_size)
@@ -96,14 +98,14 @@ def build(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, Any]:
             SFTPhase("distill", lambda ctx: read_sft_jsonl(traces_path), steps=cfg.distill_steps,
                      batch_size=d.pretrain_batch, seq_len=d.seq_len, optimizer=cfg.distill_optimizer,
                      teacher=cfg.teacher if cfg.kd_alpha > 0 else "", kd_alpha=cfg.kd_alpha,
-                     kd_temperature=cfg.kd_temperature),
+                     kd_temperature=cfg.kd_temperature, lora=cfg.lora),
             EvalPhase("final_eval", lambda ctx: test, **evaluation),
         ], **common),
         "rl_only": Runner(os.path.join(workdir, "rl_only"), student, [
             InitFromPhase(base_dir),
             RLPhase("rl", lambda ctx: train, default_rewards(), R1_ZERO, steps=cfg.rl_steps, grpo=d.grpo,
                     optimizer=d.rl_optimizer, eval_problems=lambda ctx: test, eval_every=d.eval_every,
-                    eval_k=d.eval_k, **pool),
+                    eval_k=d.eval_k, lora=cfg.lora, **pool),
             EvalPhase("final_eval", lambda ctx: test, **evaluation),
         ], **common),
     }

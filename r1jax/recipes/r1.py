@@ -19,9 +19,10 @@ import dataclasses
 import random
 from typing import Any
 
-from r1jax.config import OptimizerConfig
+from r1jax.config import LoRAConfig, OptimizerConfig
 from r1jax.data import R1_ZERO, worked_solution
-from r1jax.recipes.r1_zero import TASK_FILE, R1ZeroConfig, base_phases, problems, reward_pool, task_record
+from r1jax.recipes.r1_zero import (TASK_FILE, R1ZeroConfig, base_phases, check_lora, problems, reward_pool,
+                                   task_record)
 
 STAGES = ("base_eval", "cold_start_eval", "reasoning_rl_eval", "sft_eval", "final_eval")
 
@@ -43,6 +44,7 @@ class R1Config:
     rl2_steps: int = 20
     rl2_temperature: float = 0.7
     sft_from_base: bool = False  # the paper's stage-3 SFT restarts from the base; False continues from RL
+    lora: LoRAConfig = LoRAConfig()  # rank > 0: every stage after the base (SFT and RL) trains LoRA adapters
 
 
 PRESETS: dict[str, R1Config] = {"tiny": R1Config()}
@@ -55,6 +57,7 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
     from r1jax.rewards import WeightedReward, accuracy_reward, format_reward, language_reward
 
     b = cfg.base
+    check_lora(cfg.lora, b.lora, "base.lora")
     train, test = problems(b)
     model_cfg, phases = base_phases(b, train)
     rng = random.Random(b.seed + 1)
@@ -68,7 +71,7 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
     rs = RejectionSamplingPhase("rejection_sampling", lambda ctx: train[:cfg.rs_problems], R1_ZERO,
                                 sampling=dataclasses.replace(b.grpo.sampling, temperature=cfg.rs_temperature),
                                 k=cfg.rs_k, rollout=b.grpo.rollout, **pool)
-    sft = dict(batch_size=b.pretrain_batch, seq_len=b.seq_len, optimizer=cfg.cold_start_optimizer)
+    sft = dict(batch_size=b.pretrain_batch, seq_len=b.seq_len, optimizer=cfg.cold_start_optimizer, lora=cfg.lora)
     if cfg.sft_from_base:
         phases.append(SnapshotPhase("base"))
     phases += [
@@ -76,7 +79,7 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
         SFTPhase("cold_start", lambda ctx: cold, steps=cfg.cold_start_steps, **sft),
         EvalPhase("cold_start_eval", lambda ctx: test, **ev),
         RLPhase("reasoning_rl", lambda ctx: train, reasoning, R1_ZERO, steps=cfg.rl1_steps, grpo=b.grpo,
-                optimizer=b.rl_optimizer, **pool),
+                optimizer=b.rl_optimizer, lora=cfg.lora, **pool),
         EvalPhase("reasoning_rl_eval", lambda ctx: test, **ev),
         rs,
         *([RestorePhase("base")] if cfg.sft_from_base else []),
@@ -85,7 +88,7 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
         RLPhase("all_rl", lambda ctx: train, reasoning, R1_ZERO, steps=cfg.rl2_steps,
                 grpo=dataclasses.replace(b.grpo, sampling=dataclasses.replace(b.grpo.sampling,
                                                                               temperature=cfg.rl2_temperature)),
-                optimizer=b.rl_optimizer, **pool),
+                optimizer=b.rl_optimizer, lora=cfg.lora, **pool),
         EvalPhase("final_eval", lambda ctx: test, **ev),
     ]
     return Runner(workdir, model_cfg, phases, seed=b.seed, checkpoint_every=b.checkpoint_every,

@@ -107,6 +107,13 @@ PRESETS: dict[str, R1ZeroConfig] = {
 }
 
 
+def check_lora(lora: LoRAConfig, nested: LoRAConfig, nested_name: str) -> None:
+    """A recipe that takes `lora` at its top level ignores the one inside its R1-Zero settings: say so if set."""
+    if nested.rank:
+        raise UsageError(f"{nested_name}.rank={nested.rank} is not read by this recipe: set lora.rank "
+                         f"(--set lora.rank={nested.rank}), which adapts every stage after the base")
+
+
 def check_config(cfg: R1ZeroConfig, preset: str = "") -> None:
     """Clear errors for settings that cannot run (a real preset without its local files)."""
     where = f"preset {preset!r}: " if preset else ""

@@ -18,25 +18,25 @@ TASK = ArithmeticConfig(num_ops=1, max_value=9, ops=("+",))
 TEMPLATE = PromptTemplate("q", "Q: {prompt} A:")
 
 
-def _problems(ctx, split="train", n=40):
+def _problems(split="train", n=40):
     return generate_arithmetic(TASK, split, n, seed=0)
 
 
-def _pairs(ctx):
+def _pairs():
     rng = random.Random(0)
-    return [(TEMPLATE.render(p.question), " " + worked_solution(p, rng).render()) for p in _problems(ctx)]
+    return [(TEMPLATE.render(p.question), " " + worked_solution(p, rng).render()) for p in _problems()]
 
 
 def _phases():
     return [
-        TokenizerPhase(texts=lambda ctx: [a + b for a, b in _pairs(ctx)], vocab_size=300),
+        TokenizerPhase(texts=lambda: [a + b for a, b in _pairs()], vocab_size=300),
         SFTPhase("sft", _pairs, steps=7, batch_size=4, seq_len=256, log_every=1,
                  optimizer=OptimizerConfig(learning_rate=3e-3)),
         RLPhase("rl", _problems, {"accuracy": WeightedReward(accuracy_reward), "format": WeightedReward(format_reward)},
                 TEMPLATE, steps=4, grpo=GRPOConfig(group_size=2, prompts_per_step=2, logprob_chunk=12, kl_beta=0.01,
                                                    sampling=SamplingSettings(max_new_tokens=12)),
                 optimizer=OptimizerConfig(learning_rate=1e-3)),
-        EvalPhase("eval", lambda ctx: _problems(ctx, "test", 4), TEMPLATE, SamplingSettings.for_evaluation(12), k=2),
+        EvalPhase("eval", lambda: _problems("test", 4), TEMPLATE, SamplingSettings.for_evaluation(12), k=2),
     ]
 
 
@@ -113,7 +113,7 @@ def test_finished_run_does_nothing_more(reference):
 
 def test_rejection_sampling_writes_clean_correct_traces(reference, tmp_path):
     workdir, ctx = reference
-    phase = RejectionSamplingPhase("rs", lambda c: _problems(c, "train", 8), TEMPLATE,
+    phase = RejectionSamplingPhase("rs", lambda: _problems("train", 8), TEMPLATE,
                                    SamplingSettings(max_new_tokens=40, temperature=0.7), k=2)
     ctx.workdir, ctx.phase_name = str(tmp_path), "rs"
     with MetricsWriter(tmp_path) as ctx.metrics:
@@ -151,10 +151,10 @@ def _snapshot_phases():
     from r1jax.phases import RestorePhase, SnapshotPhase
 
     sft = dict(batch_size=4, seq_len=256, log_every=1, optimizer=OptimizerConfig(learning_rate=3e-3))
-    return [TokenizerPhase(texts=lambda ctx: [a + b for a, b in _pairs(ctx)], vocab_size=300),
+    return [TokenizerPhase(texts=lambda: [a + b for a, b in _pairs()], vocab_size=300),
             SFTPhase("sft", _pairs, steps=2, **sft), SnapshotPhase("base"),
             SFTPhase("sft2", _pairs, steps=2, **sft), RestorePhase("base"),
-            EvalPhase("eval", lambda ctx: _problems(ctx, "test", 2), TEMPLATE, SamplingSettings.for_evaluation(4), k=1)]
+            EvalPhase("eval", lambda: _problems("test", 2), TEMPLATE, SamplingSettings.for_evaluation(4), k=1)]
 
 
 def test_restore_phase_brings_back_the_snapshot_params_across_a_resume(tmp_path):
@@ -199,7 +199,7 @@ def test_eval_phase_through_the_engine_scores_like_the_static_sampler(reference,
     ctx.workdir = str(tmp_path)
     results = {}
     for rollout in ("static", "engine"):
-        phase = EvalPhase(f"eval_{rollout}", lambda c: _problems(c, "test", 4), TEMPLATE,
+        phase = EvalPhase(f"eval_{rollout}", lambda: _problems("test", 4), TEMPLATE,
                           SamplingSettings(max_new_tokens=12, temperature=0.0), k=2, rollout=rollout, rollout_slots=4)
         ctx.phase_name = phase.name
         with MetricsWriter(tmp_path / rollout) as ctx.metrics:
@@ -207,7 +207,7 @@ def test_eval_phase_through_the_engine_scores_like_the_static_sampler(reference,
         results[rollout] = [json.loads(line)["completions"]
                             for line in (tmp_path / f"{phase.name}.jsonl").read_text().splitlines()]
     assert results["engine"] == results["static"]
-    bad = EvalPhase("bad", lambda c: _problems(c, "test", 1), TEMPLATE, SamplingSettings(max_new_tokens=4),
+    bad = EvalPhase("bad", lambda: _problems("test", 1), TEMPLATE, SamplingSettings(max_new_tokens=4),
                     rollout="paged")
     with pytest.raises(ValueError, match="rollout='paged'"):
         bad.run(ctx, None, None)
@@ -251,7 +251,7 @@ def test_lora_sft_trains_adapters_on_the_frozen_params_and_resumes(tmp_path):
     from r1jax.config import LoRAConfig
 
     def phases():
-        return [TokenizerPhase(texts=lambda ctx: [a + b for a, b in _pairs(ctx)], vocab_size=300),
+        return [TokenizerPhase(texts=lambda: [a + b for a, b in _pairs()], vocab_size=300),
                 SFTPhase("base", _pairs, steps=2, batch_size=4, seq_len=256, optimizer=OptimizerConfig(3e-3)),
                 SFTPhase("adapt", _pairs, steps=4, batch_size=4, seq_len=256, log_every=1,
                          optimizer=OptimizerConfig(learning_rate=3e-2), lora=LoRAConfig(rank=4, targets="mlp"))]
@@ -286,10 +286,25 @@ def test_rejection_sampling_keeps_exactly_the_clean_correct_traces(tmp_path, mon
                                truncated=[t for _, _, t in rows]) for rows in candidates]
     monkeypatch.setattr(sample_phases, "sample_and_score", lambda phase, ctx, problems: SimpleNamespace(records=records))
     ctx = SimpleNamespace(workdir=str(tmp_path), results={}, log=lambda m: None)
-    phase = RejectionSamplingPhase("rs", lambda c: _problems(c, "train", 2), TEMPLATE,
+    phase = RejectionSamplingPhase("rs", lambda: _problems("train", 2), TEMPLATE,
                                    SamplingSettings(max_new_tokens=8), k=3)
     phase.run(ctx, None, None)
     rows = [json.loads(line) for line in (tmp_path / "rs.jsonl").read_text().splitlines()]
     assert [r["completion"] for r in rows] == [good]  # one per problem; the second problem has none clean
     assert ctx.results["rs"] == {"kept": 1.0, "sampled": 6.0, "rejected/malformed": 1.0, "rejected/incorrect": 1.0,
                                  "rejected/truncated": 1.0, "rejected/mixed_language": 1.0}
+
+
+def test_data_callables_take_no_arguments_and_phases_default_to_no_saved_state():
+    from r1jax.errors import UsageError
+    from r1jax.phases import Phase, RestorePhase, SnapshotPhase
+    from r1jax.phases.runner import read_data
+
+    old_style = EvalPhase("eval", lambda ctx: _problems("test", 2), TEMPLATE, SamplingSettings.for_evaluation(4))
+    with pytest.raises(UsageError, match="problems must take no arguments.*asks for ctx"):
+        old_style.run(None, None, None)
+    no_data = RLPhase("rl", _problems, {}, TEMPLATE, steps=1, eval_every=1)
+    with pytest.raises(UsageError, match="needs eval_problems"):
+        read_data(no_data, "eval_problems")
+    assert all(p.state_template(None) == {} for p in (old_style, SnapshotPhase("s"), RestorePhase("s")))
+    assert isinstance(old_style, Phase) and isinstance(no_data, Phase)

@@ -24,7 +24,7 @@ import numpy as np
 from r1jax.checkpoint import Checkpointer
 from r1jax.config import EXECUTION_FIELDS, Execution, ModelConfig
 from r1jax.model.transformer import convert_layout
-from r1jax.phases.runner import RunContext
+from r1jax.phases.runner import Phase, RunContext
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")  # the last: stop ids
 
@@ -105,7 +105,7 @@ def _config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class InitFromPhase:
+class InitFromPhase(Phase):
     """Set the run's params and tokenizer from `source` (an r1jax workdir or a Hugging Face folder).
 
     `tokenizer_only`: adopt the source's tokenizer but keep the run's own model
@@ -116,9 +116,6 @@ class InitFromPhase:
     name: str = "init"
     tokenizer_only: bool = False
     execution: Execution | None = None
-
-    def state_template(self, ctx: RunContext) -> Any:
-        return {}
 
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
         if self.tokenizer_only:
@@ -161,7 +158,7 @@ def snapshot_dir(workdir: str, tag: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class SnapshotPhase:
+class SnapshotPhase(Phase):
     """Keep a copy of the current params under `workdir/snapshots/<tag>` for a later RestorePhase.
 
     Written as an orbax checkpoint (committed by rename); running it again after a
@@ -177,9 +174,6 @@ class SnapshotPhase:
         if not self.name:
             object.__setattr__(self, "name", f"snapshot_{self.tag}")
 
-    def state_template(self, ctx: RunContext) -> Any:
-        return {}
-
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
         if ctx.params is None:
             raise ValueError(f"phase {self.name!r}: there are no params to snapshot yet (put it after training)")
@@ -190,7 +184,7 @@ class SnapshotPhase:
 
 
 @dataclasses.dataclass(frozen=True)
-class RestorePhase:
+class RestorePhase(Phase):
     """Replace the current params with those SnapshotPhase(tag) kept earlier in the same run.
 
     DeepSeek-R1 §2.3.3: the rejection-sampled SFT starts again from the base model,
@@ -203,9 +197,6 @@ class RestorePhase:
     def __post_init__(self):
         if not self.name:
             object.__setattr__(self, "name", f"restore_{self.tag}")
-
-    def state_template(self, ctx: RunContext) -> Any:
-        return {}
 
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
         from r1jax import sharding

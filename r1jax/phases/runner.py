@@ -15,9 +15,10 @@ straight onto the mesh's shardings (r1jax.sharding).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import zlib
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 from jax.sharding import Mesh
@@ -32,16 +33,34 @@ from r1jax.model import Transformer
 from r1jax.tokenizer import Tokenizer
 
 
-class Phase(Protocol):
-    """One stage of a recipe; `run` trains or samples, saving through `ctx`."""
-
-    name: str
+class Phase:
+    """One stage of a recipe (subclasses are frozen dataclasses with a `name`); `run` trains or samples,
+    saving through `ctx`. Data a phase reads comes from zero-argument callables (`lambda: pairs`), called
+    when the phase starts: nothing is built for a phase a resumed run skips."""
 
     def state_template(self, ctx: RunContext) -> Any:
-        """A pytree shaped like the phase's saved in-progress state (arrays or ShapeDtypeStructs)."""
+        """A pytree shaped like the phase's saved in-progress state (arrays or ShapeDtypeStructs); none by default."""
+        return {}
 
     def run(self, ctx: RunContext, state: Any | None, cursor: dict | None) -> None:
         """Run from the start (state None) or from a restored `state` and `cursor`."""
+        raise NotImplementedError
+
+
+def read_data(phase: Any, field: str) -> Any:
+    """`phase.<field>()`: the phase's data thunk called, or a clear error if it still expects the run context."""
+    thunk = getattr(phase, field)
+    if thunk is None:
+        raise UsageError(f"phase {phase.name!r} needs {field} (a zero-argument callable giving its data)")
+    try:
+        required = [p for p in inspect.signature(thunk).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):  # a builtin without a signature: just call it
+        required = []
+    if required:
+        raise UsageError(f"phase {phase.name!r}: {field} must take no arguments (e.g. `lambda: data`); "
+                         f"it asks for {', '.join(p.name for p in required)} (phases no longer pass the run context)")
+    return thunk()
 
 
 class StopRun(Exception):
@@ -202,7 +221,7 @@ class Runner:
         ctx.phase_index, ctx.phase_name = index, meta["phase_name"]
         has_params = self._saved_params(ctx)
         target = {"params": abstract_params(ctx.model_cfg) if has_params else {},
-                  "state": {} if done else self.phases[index].state_template(ctx),
+                  "state": {} if done else getattr(self.phases[index], "state_template", lambda c: {})(ctx),
                   "global_step": jax.ShapeDtypeStruct((), jax.numpy.int32)}
         saved, _ = ctx.ckpt.restore(target=sharding.abstract_with_shardings(target, ctx.mesh, ctx.model_cfg))
         ctx.params = saved["params"] if has_params else None

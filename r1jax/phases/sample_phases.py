@@ -13,7 +13,7 @@ from r1jax.data.jsonl import DatasetError, json_records
 from r1jax.engine import Engine
 from r1jax.evaluate import evaluate
 from r1jax.fileio import atomic_write_jsonl
-from r1jax.phases.runner import RunContext
+from r1jax.phases.runner import Phase, RunContext, read_data
 from r1jax.rewards import RewardPool, language_share
 from r1jax.rewards.format import is_well_formed
 
@@ -37,12 +37,12 @@ def sample_and_score(phase: Any, ctx: RunContext, problems: Sequence[Problem]):
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalPhase:
-    """pass@1 over k samples, cons@k and pass@k on `problems(ctx)`, sampled with `sampling`
+class EvalPhase(Phase):
+    """pass@1 over k samples, cons@k and pass@k on `problems()`, sampled with `sampling`
     (the paper's protocol: `SamplingSettings.for_evaluation(max_new_tokens)`, T 0.6, top-p 0.95)."""
 
     name: str
-    problems: Callable[[RunContext], Sequence[Problem]]
+    problems: Callable[[], Sequence[Problem]]
     template: Any
     sampling: SamplingSettings
     k: int = 4
@@ -51,11 +51,8 @@ class EvalPhase:
     reward_workers: int = 2  # the reward pool's, as RLPhase's (the code reward needs a long timeout)
     reward_timeout_s: float = 10.0
 
-    def state_template(self, ctx: RunContext) -> Any:
-        return {}
-
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
-        result = sample_and_score(self, ctx, self.problems(ctx))
+        result = sample_and_score(self, ctx, read_data(self, "problems"))
         result.write_jsonl(os.path.join(ctx.workdir, f"{self.name}.jsonl"))
         summary = result.summary()
         ctx.results[self.name] = summary
@@ -83,13 +80,13 @@ def keep_trace(completion: str, correct: bool, *, language: str = "en", min_lang
 
 
 @dataclasses.dataclass(frozen=True)
-class RejectionSamplingPhase:
+class RejectionSamplingPhase(Phase):
     """Sample k completions per problem from the current policy, keep the correct and clean ones,
     and write them as a JSONL SFT dataset ({"prompt", "completion", "id"}) in the workdir.
     `sampling`: how the candidates are drawn (the R1 recipe's temperature 0.7)."""
 
     name: str
-    problems: Callable[[RunContext], Sequence[Problem]]
+    problems: Callable[[], Sequence[Problem]]
     template: Any
     sampling: SamplingSettings
     k: int = 4
@@ -100,14 +97,12 @@ class RejectionSamplingPhase:
     reward_workers: int = 2  # the reward pool's, as RLPhase's
     reward_timeout_s: float = 10.0
 
-    def output_path(self, ctx: RunContext) -> str:
-        return os.path.join(ctx.workdir, f"{self.name}.jsonl")
-
-    def state_template(self, ctx: RunContext) -> Any:
-        return {}
+    def output_path(self, workdir: str) -> str:
+        """Where the kept traces go: `workdir/<name>.jsonl` (a later SFTPhase reads them from there)."""
+        return os.path.join(workdir, f"{self.name}.jsonl")
 
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
-        problems = list(self.problems(ctx))
+        problems = list(read_data(self, "problems"))
         result = sample_and_score(self, ctx, problems)
         rows, reasons = [], {}
         for problem, rec in zip(problems, result.records):
@@ -120,7 +115,7 @@ class RejectionSamplingPhase:
                     kept += 1
                 elif why is not None:
                     reasons[why] = reasons.get(why, 0) + 1
-        atomic_write_jsonl(self.output_path(ctx), rows)
+        atomic_write_jsonl(self.output_path(ctx.workdir), rows)
         summary = {"kept": float(len(rows)), "sampled": float(len(problems) * self.k),
                    **{f"rejected/{k}": float(v) for k, v in reasons.items()}}
         ctx.results[self.name] = summary

@@ -1,6 +1,6 @@
 """Training phases: tokenizer, supervised (pretraining, cold start, SFT, distillation), GRPO.
 
-Each is a frozen dataclass; data comes from plain callables of the run context,
+Each is a frozen dataclass; data comes from zero-argument callables (`lambda: pairs`),
 so an experiment file composes a recipe in Python and a fork swaps a reward or
 a dataset by passing a different function.
 """
@@ -21,29 +21,26 @@ from r1jax.data.packing import batches, batches_per_epoch, encode_examples, pack
 from r1jax.lora import abstract_adapters, count, fold, init_adapters, merge
 from r1jax.metrics import progress, show_metrics
 from r1jax.model import Transformer
-from r1jax.phases.runner import RunContext, abstract_params
+from r1jax.phases.runner import Phase, RunContext, abstract_params, read_data
 from r1jax.report.capture import RolloutRecorder
 from r1jax.report.rollouts import RolloutLog
 from r1jax.rewards import RewardPool, WeightedReward
-from r1jax.rl.loop import GRPOTrainer
+from r1jax.rl.loop import GRPOTrainer, TrainerCheckpoint
 from r1jax.tokenizer import Tokenizer
 from r1jax.train.optim import init_train_state, make_optimizer
 from r1jax.train.sft_step import make_distill_step, make_sft_step
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenizerPhase:
-    """Train the SentencePiece tokenizer on `texts(ctx)` and size the model's vocabulary to it."""
+class TokenizerPhase(Phase):
+    """Train the SentencePiece tokenizer on `texts()` and size the model's vocabulary to it."""
 
-    texts: Callable[[RunContext], Sequence[str]]
+    texts: Callable[[], Sequence[str]]
     vocab_size: int = 512
     name: str = "tokenizer"
 
-    def state_template(self, ctx: RunContext) -> Any:
-        return {}
-
     def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
-        tok = Tokenizer.train(iter(self.texts(ctx)), vocab_size=self.vocab_size)
+        tok = Tokenizer.train(iter(read_data(self, "texts")), vocab_size=self.vocab_size)
         tok.save(ctx.tokenizer_path)
         ctx.set_tokenizer(tok)
 
@@ -56,7 +53,7 @@ def trainable_template(ctx: RunContext, lora: LoRAConfig) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTPhase:
+class SFTPhase(Phase):
     """Supervised training on (prompt, completion) pairs, loss on completion tokens, packed rows.
 
     Pretraining of the tiny base is this phase with empty prompts; the cold start,
@@ -67,7 +64,7 @@ class SFTPhase:
     """
 
     name: str
-    pairs: Callable[[RunContext], Sequence[tuple[str, str]]]
+    pairs: Callable[[], Sequence[tuple[str, str]]]
     steps: int
     batch_size: int = 32
     seq_len: int = 256
@@ -96,7 +93,7 @@ class SFTPhase:
             raise ValueError(f"phase {self.name!r} needs a tokenizer: put a TokenizerPhase before it")
         if ctx.params is None:
             ctx.params = ctx.init_params()
-        examples = encode_examples(ctx.tokenizer, list(self.pairs(ctx)))
+        examples = encode_examples(ctx.tokenizer, list(read_data(self, "pairs")))
         packed, stats = pack(examples, self.seq_len)
         tx = self._tx()
         model_cfg = dataclasses.replace(ctx.model_cfg, lora=self.lora) if self.lora.rank else ctx.model_cfg
@@ -168,10 +165,10 @@ def problem_stream(problems: Sequence[Problem], seed: int, start: int) -> Callab
 
 
 @dataclasses.dataclass(frozen=True)
-class RLPhase:
-    """GRPO on `problems(ctx)` with rule-based `rewards` (R1-Zero, R1 reasoning RL).
+class RLPhase(Phase):
+    """GRPO on `problems()` with rule-based `rewards` (R1-Zero, R1 reasoning RL).
 
-    Every `eval_every` steps it evaluates on `eval_problems(ctx)` with `eval_sampling` (None: the
+    Every `eval_every` steps it evaluates on `eval_problems()` with `eval_sampling` (None: the
     paper's protocol at the rollouts' max_new_tokens and stop ids, `SamplingSettings.paper_evaluation`).
     `rollout_log` names the steps whose whole rollouts are saved under `workdir/rollouts/` (r1jax.report).
     `lora` with rank > 0 trains LoRA adapters on the frozen params (r1jax.lora): checkpoints inside the
@@ -180,7 +177,7 @@ class RLPhase:
     """
 
     name: str
-    problems: Callable[[RunContext], Sequence[Problem]]
+    problems: Callable[[], Sequence[Problem]]
     rewards: Mapping[str, WeightedReward]
     template: Any
     steps: int
@@ -188,7 +185,7 @@ class RLPhase:
     optimizer: OptimizerConfig = OptimizerConfig()
     reward_workers: int = 2
     reward_timeout_s: float = 10.0
-    eval_problems: Callable[[RunContext], Sequence[Problem]] | None = None
+    eval_problems: Callable[[], Sequence[Problem]] | None = None
     eval_every: int = 0
     eval_k: int = 4
     eval_sampling: SamplingSettings | None = None
@@ -200,10 +197,11 @@ class RLPhase:
         train = jax.eval_shape(lambda q: init_train_state(q, make_optimizer(self.optimizer)), p)
         return {"train": train, "ref": p if self.grpo.kl_beta else {}}
 
-    def _evaluate(self, ctx: RunContext, trainer: GRPOTrainer, step: int) -> dict[str, float]:
+    def _evaluate(self, ctx: RunContext, trainer: GRPOTrainer, step: int, problems: Sequence[Problem]
+                  ) -> dict[str, float]:
         from r1jax.evaluate import evaluate
 
-        result = evaluate(trainer.params, trainer.model_cfg, ctx.tokenizer, self.eval_problems(ctx),
+        result = evaluate(trainer.params, trainer.model_cfg, ctx.tokenizer, problems,
                           settings=self.eval_sampling or self.grpo.sampling.paper_evaluation(), template=self.template,
                           rng=jax.random.fold_in(ctx.rng(step), 1 << 20), k=self.eval_k,
                           sampler=trainer.engine or trainer.sampler,
@@ -214,25 +212,25 @@ class RLPhase:
         if ctx.tokenizer is None or ctx.params is None:
             raise ValueError(f"phase {self.name!r} needs a tokenizer and params from earlier phases")
         cursor = cursor or {"step": 0, "problems": 0, "bad_steps": 0}
-        problems = list(self.problems(ctx))
+        problems = list(read_data(self, "problems"))
+        held_out = list(read_data(self, "eval_problems")) if self.eval_every else []
         take = problem_stream(problems, ctx.phase_seed, cursor["problems"])
         with RewardPool(self.reward_workers, self.reward_timeout_s) as pool:
+            resume = None if state is None else TrainerCheckpoint(
+                state["train"], state["ref"] if self.grpo.kl_beta else None, cursor["step"], cursor["bad_steps"])
             trainer = GRPOTrainer(ctx.model_cfg, ctx.params, ctx.tokenizer, self.grpo, self.optimizer, self.rewards,
-                                  self.template, pool=pool, seed=ctx.phase_seed, mesh=ctx.mesh, lora=self.lora)
-            if state is not None:
-                trainer.state = state["train"]
-                trainer.ref_trainable = state["ref"] if self.grpo.kl_beta else None
-            trainer.rl_step, trainer.bad_steps = cursor["step"], cursor["bad_steps"]
+                                  self.template, pool=pool, seed=ctx.phase_seed, mesh=ctx.mesh, lora=self.lora,
+                                  resume=resume)
             bar = progress(total=self.steps, desc=self.name, initial=cursor["step"])
             recorder = RolloutRecorder(ctx.workdir, self.rollout_log, self.name, self.steps, ctx.global_step)
             if cursor["step"] == 0 and self.eval_every:
-                ctx.log(self._evaluate(ctx, trainer, 0), step_done=False)
+                ctx.log(self._evaluate(ctx, trainer, 0, held_out), step_done=False)
             for step in range(cursor["step"], self.steps):
                 m = trainer.step(take(self.grpo.prompts_per_step), ctx.rng(step),
                                  more_problems=lambda _: take(self.grpo.prompts_per_step))
                 recorder.maybe_save(trainer, ctx.global_step, step)
                 if self.eval_every and (step + 1) % self.eval_every == 0:
-                    m.update(self._evaluate(ctx, trainer, step + 1))
+                    m.update(self._evaluate(ctx, trainer, step + 1, held_out))
                 show_metrics(bar, {k: m[k] for k in ("reward/mean", "completion/length_mean") if k in m})
                 bar.update(1)
                 ctx.log({k: v for k, v in m.items() if not k.startswith("time/") and "throughput" not in k})

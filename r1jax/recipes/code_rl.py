@@ -64,10 +64,10 @@ def build(cfg: CodeRLConfig, workdir: str, mesh: str | None = None):
     pairs = [(R1_ZERO.render(t.question), solution_text(t.solution)) for t in tasks]
     rewards = {"code": WeightedReward(code_reward, 1.0), "format": WeightedReward(format_reward, 1.0)}
     phases = [
-        TokenizerPhase(texts=lambda ctx: [p + c for p, c in pairs], vocab_size=cfg.vocab_size),
-        SFTPhase("cold_start", lambda ctx: pairs, steps=cfg.sft_steps, batch_size=cfg.sft_batch,
+        TokenizerPhase(texts=lambda: [p + c for p, c in pairs], vocab_size=cfg.vocab_size),
+        SFTPhase("cold_start", lambda: pairs, steps=cfg.sft_steps, batch_size=cfg.sft_batch,
                  seq_len=cfg.seq_len, optimizer=cfg.sft_optimizer),
-        RLPhase("rl", lambda ctx: tasks, rewards, R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,
+        RLPhase("rl", lambda: tasks, rewards, R1_ZERO, steps=cfg.rl_steps, grpo=cfg.grpo,
                 optimizer=cfg.rl_optimizer, reward_timeout_s=cfg.reward_timeout_s, lora=cfg.lora),
     ]
     return Runner(workdir, cfg.model, phases, seed=cfg.seed, checkpoint_every=max(1, cfg.rl_steps), mesh=mesh)

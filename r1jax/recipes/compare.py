@@ -28,7 +28,7 @@ from typing import Any
 from r1jax.config import GRPOConfig
 from r1jax.data import R1_ZERO
 from r1jax.errors import UsageError
-from r1jax.recipes.r1_zero import R1ZeroConfig, base_phases, default_rewards, problems, reward_pool
+from r1jax.recipes.r1_zero import SHORT_BASE, R1ZeroConfig, base_phases, default_rewards, problems, reward_pool
 from r1jax.stats import mean_interval
 
 OBJECTIVES: tuple[str, ...] = ("grpo", "dapo", "dr-grpo", "gspo", "cispo", "gmpo", "rloo", "reinforce++",
@@ -61,7 +61,7 @@ def objective_overrides(grpo: GRPOConfig, entropy_coef: float = 1e-3) -> dict[st
 class CompareConfig:
     """The base, the arms and their shared budget; each field can be set with --set."""
 
-    data: R1ZeroConfig = R1ZeroConfig()  # base pretraining, problems, and the GRPO settings of the "grpo" arm
+    data: R1ZeroConfig = SHORT_BASE  # base pretraining, problems, and the GRPO settings of the "grpo" arm
     base: str = ""  # an r1jax workdir whose latest checkpoint is the base; empty: train the tiny base here
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     seeds: tuple[int, ...] = (0, 1)
@@ -85,7 +85,7 @@ class CompareConfig:
 
 PRESETS: dict[str, CompareConfig] = {
     # the R1-Zero tiny base and GRPO settings; a held-out set of 128 problems (R1-Zero's: 64) for a tighter pass@1
-    "tiny": CompareConfig(data=dataclasses.replace(R1ZeroConfig(), test_problems=128)),
+    "tiny": CompareConfig(data=dataclasses.replace(SHORT_BASE, test_problems=128)),
 }
 
 
@@ -111,7 +111,7 @@ def check_config(cfg: CompareConfig) -> None:
 def _eval_phase(name: str, d: R1ZeroConfig, test: list) -> Any:
     from r1jax.phases import EvalPhase
 
-    return EvalPhase(name, lambda ctx: test, template=R1_ZERO, sampling=d.grpo.sampling.paper_evaluation(),
+    return EvalPhase(name, lambda: test, template=R1_ZERO, sampling=d.grpo.sampling.paper_evaluation(),
                      k=d.eval_k, rollout=d.grpo.rollout, **reward_pool(d))
 
 
@@ -142,7 +142,7 @@ def arm_runner(cfg: CompareConfig, workdir: str, objective: str, seed: int, **ru
     train, test = problems(d)
     base = os.path.join(workdir, "base")
     phases = [InitFromPhase(base),
-              RLPhase("rl", lambda ctx: train, default_rewards(d), R1_ZERO, steps=cfg.rl_steps,
+              RLPhase("rl", lambda: train, default_rewards(d), R1_ZERO, steps=cfg.rl_steps,
                       grpo=arm_grpo(cfg, objective), optimizer=d.rl_optimizer, eval_every=0, **reward_pool(d)),
               _eval_phase("final_eval", d, test)]
     return Runner(arm_dir(workdir, objective, seed), source_model_config(base), phases, seed=seed,

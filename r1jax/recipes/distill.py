@@ -23,8 +23,8 @@ from typing import Any
 
 from r1jax.config import LoRAConfig, ModelConfig, OptimizerConfig
 from r1jax.data import R1_ZERO
-from r1jax.recipes.r1_zero import (R1ZeroConfig, base_corpus, before_after_table, check_lora, default_rewards,
-                                   problems, reward_pool)
+from r1jax.recipes.r1_zero import (SHORT_BASE, R1ZeroConfig, base_corpus, before_after_table, check_lora,
+                                   default_rewards, problems, reward_pool)
 
 STAGES = ("student_base", "teacher_traces", "distilled", "rl_only")
 
@@ -34,7 +34,7 @@ class DistillConfig:
     """Teacher workdir, student model, and the budgets of both arms; each field can be set with --set."""
 
     teacher: str = os.path.join("runs", "r1_zero_tiny")  # written by `python experiments/r1_zero.py`
-    data: R1ZeroConfig = R1ZeroConfig()  # problems, base corpus and the GRPO settings of the RL arm
+    data: R1ZeroConfig = SHORT_BASE  # problems, base corpus and the GRPO settings of the RL arm
     student: ModelConfig = ModelConfig(vocab_size=512, embed_dim=64, num_layers=2, num_heads=2, num_kv_heads=1,
                                        head_dim=32, mlp_dim=256, max_len=512)
     student_pretrain_steps: int = 500
@@ -75,7 +75,7 @@ def build(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, Any]:
     evaluation = dict(template=R1_ZERO, sampling=d.grpo.sampling.paper_evaluation(), k=d.eval_k, rollout=d.grpo.rollout,
                       **pool)
     base_dir, traces_dir = os.path.join(workdir, "student_base"), os.path.join(workdir, "teacher_traces")
-    traces = RejectionSamplingPhase("traces", lambda ctx: train[:cfg.trace_problems], R1_ZERO,
+    traces = RejectionSamplingPhase("traces", lambda: train[:cfg.trace_problems], R1_ZERO,
                                     sampling=dataclasses.replace(d.grpo.sampling, temperature=cfg.trace_temperature),
                                     k=cfg.trace_k, max_per_problem=cfg.traces_per_problem,
                                     rollout=d.grpo.rollout, **pool)
@@ -84,29 +84,29 @@ def build(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, Any]:
     return {
         "student_base": Runner(base_dir, student, [
             InitFromPhase(cfg.teacher, name="teacher_tokenizer", tokenizer_only=True),
-            SFTPhase("pretrain", lambda ctx: corpus, steps=cfg.student_pretrain_steps, batch_size=d.pretrain_batch,
+            SFTPhase("pretrain", lambda: corpus, steps=cfg.student_pretrain_steps, batch_size=d.pretrain_batch,
                      seq_len=d.seq_len, optimizer=d.pretrain_optimizer),
-            EvalPhase("final_eval", lambda ctx: test, **evaluation),
+            EvalPhase("final_eval", lambda: test, **evaluation),
         ], **common),
         "teacher_traces": Runner(traces_dir, source_model_config(cfg.teacher), [
             InitFromPhase(cfg.teacher),
-            EvalPhase("final_eval", lambda ctx: test, **evaluation),
+            EvalPhase("final_eval", lambda: test, **evaluation),
             traces,
         ], **common),
         "distilled": Runner(os.path.join(workdir, "distilled"), student, [
             InitFromPhase(base_dir),
-            SFTPhase("distill", lambda ctx: read_sft_jsonl(traces_path), steps=cfg.distill_steps,
+            SFTPhase("distill", lambda: read_sft_jsonl(traces_path), steps=cfg.distill_steps,
                      batch_size=d.pretrain_batch, seq_len=d.seq_len, optimizer=cfg.distill_optimizer,
                      teacher=cfg.teacher if cfg.kd_alpha > 0 else "", kd_alpha=cfg.kd_alpha,
                      kd_temperature=cfg.kd_temperature, lora=cfg.lora),
-            EvalPhase("final_eval", lambda ctx: test, **evaluation),
+            EvalPhase("final_eval", lambda: test, **evaluation),
         ], **common),
         "rl_only": Runner(os.path.join(workdir, "rl_only"), student, [
             InitFromPhase(base_dir),
-            RLPhase("rl", lambda ctx: train, default_rewards(), R1_ZERO, steps=cfg.rl_steps, grpo=d.grpo,
-                    optimizer=d.rl_optimizer, eval_problems=lambda ctx: test, eval_every=d.eval_every,
+            RLPhase("rl", lambda: train, default_rewards(), R1_ZERO, steps=cfg.rl_steps, grpo=d.grpo,
+                    optimizer=d.rl_optimizer, eval_problems=lambda: test, eval_every=d.eval_every,
                     eval_k=d.eval_k, lora=cfg.lora, **pool),
-            EvalPhase("final_eval", lambda ctx: test, **evaluation),
+            EvalPhase("final_eval", lambda: test, **evaluation),
         ], **common),
     }
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from r1jax.config import LoRAConfig, OptimizerConfig
 from r1jax.data import R1_ZERO, worked_solution
-from r1jax.recipes.r1_zero import (TASK_FILE, R1ZeroConfig, base_phases, check_lora, problems, reward_pool,
+from r1jax.recipes.r1_zero import (SHORT_BASE, TASK_FILE, R1ZeroConfig, base_phases, check_lora, problems, reward_pool,
                                    task_record)
 
 STAGES = ("base_eval", "cold_start_eval", "reasoning_rl_eval", "sft_eval", "final_eval")
@@ -31,7 +31,7 @@ STAGES = ("base_eval", "cold_start_eval", "reasoning_rl_eval", "sft_eval", "fina
 class R1Config:
     """The multi-stage recipe; `base` is the R1-Zero config that provides the model and data."""
 
-    base: R1ZeroConfig = R1ZeroConfig()
+    base: R1ZeroConfig = SHORT_BASE
     cold_start_examples: int = 300
     cold_start_steps: int = 60
     cold_start_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-4, warmup_steps=5)
@@ -68,28 +68,28 @@ def build(cfg: R1Config, workdir: str, **runner_kwargs):
     pool = reward_pool(b)
     ev = dict(template=R1_ZERO, sampling=b.grpo.sampling.paper_evaluation(), k=b.eval_k, rollout=b.grpo.rollout,
               **pool)
-    rs = RejectionSamplingPhase("rejection_sampling", lambda ctx: train[:cfg.rs_problems], R1_ZERO,
+    rs = RejectionSamplingPhase("rejection_sampling", lambda: train[:cfg.rs_problems], R1_ZERO,
                                 sampling=dataclasses.replace(b.grpo.sampling, temperature=cfg.rs_temperature),
                                 k=cfg.rs_k, rollout=b.grpo.rollout, **pool)
     sft = dict(batch_size=b.pretrain_batch, seq_len=b.seq_len, optimizer=cfg.cold_start_optimizer, lora=cfg.lora)
     if cfg.sft_from_base:
         phases.append(SnapshotPhase("base"))
     phases += [
-        EvalPhase("base_eval", lambda ctx: test, **ev),
-        SFTPhase("cold_start", lambda ctx: cold, steps=cfg.cold_start_steps, **sft),
-        EvalPhase("cold_start_eval", lambda ctx: test, **ev),
-        RLPhase("reasoning_rl", lambda ctx: train, reasoning, R1_ZERO, steps=cfg.rl1_steps, grpo=b.grpo,
+        EvalPhase("base_eval", lambda: test, **ev),
+        SFTPhase("cold_start", lambda: cold, steps=cfg.cold_start_steps, **sft),
+        EvalPhase("cold_start_eval", lambda: test, **ev),
+        RLPhase("reasoning_rl", lambda: train, reasoning, R1_ZERO, steps=cfg.rl1_steps, grpo=b.grpo,
                 optimizer=b.rl_optimizer, lora=cfg.lora, **pool),
-        EvalPhase("reasoning_rl_eval", lambda ctx: test, **ev),
+        EvalPhase("reasoning_rl_eval", lambda: test, **ev),
         rs,
         *([RestorePhase("base")] if cfg.sft_from_base else []),
-        SFTPhase("sft", lambda ctx: read_sft_jsonl(rs.output_path(ctx)), steps=cfg.sft2_steps, **sft),
-        EvalPhase("sft_eval", lambda ctx: test, **ev),
-        RLPhase("all_rl", lambda ctx: train, reasoning, R1_ZERO, steps=cfg.rl2_steps,
+        SFTPhase("sft", lambda: read_sft_jsonl(rs.output_path(workdir)), steps=cfg.sft2_steps, **sft),
+        EvalPhase("sft_eval", lambda: test, **ev),
+        RLPhase("all_rl", lambda: train, reasoning, R1_ZERO, steps=cfg.rl2_steps,
                 grpo=dataclasses.replace(b.grpo, sampling=dataclasses.replace(b.grpo.sampling,
                                                                               temperature=cfg.rl2_temperature)),
                 optimizer=b.rl_optimizer, lora=cfg.lora, **pool),
-        EvalPhase("final_eval", lambda ctx: test, **ev),
+        EvalPhase("final_eval", lambda: test, **ev),
     ]
     return Runner(workdir, model_cfg, phases, seed=b.seed, checkpoint_every=b.checkpoint_every,
                   files={TASK_FILE: task_record(b)}, **runner_kwargs)

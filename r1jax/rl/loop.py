@@ -76,6 +76,17 @@ def rollout_metrics(r: Rollout) -> dict[str, float]:
     return m
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainerCheckpoint:
+    """What a GRPOTrainer resumes from (a checkpoint's): its train state (with LoRA, the adapters' only), the
+    reference's trainable part (None without a KL term) and its counters."""
+
+    state: TrainState
+    ref_trainable: Any = None
+    rl_step: int = 0
+    bad_steps: int = 0
+
+
 class GRPOTrainer:
     """Owns the policy's train state, the reference params, the sampler and the jitted update."""
 
@@ -84,15 +95,17 @@ class GRPOTrainer:
                  pool: RewardPool | None = None, add_bos: bool = True, prompt_bucket: int = 32,
                  post_update: Callable[[TrainState, dict], TrainState] | None = None, seed: int = 0,
                  mesh: Mesh | None = None, policy_loss: PolicyLossFn | None = None, lora: LoRAConfig = LoRAConfig(),
-                 adapters: Any = None):
+                 resume: TrainerCheckpoint | None = None):
         """`lora` with rank > 0 trains adapters on a frozen base (`params`, never updated or donated): the
-        optimizer holds the adapters only, and the KL reference is the base with adapters off (no copy of
-        the weights). `adapters` resumes them (default: fresh, B = 0)."""
+        optimizer holds the adapters only (fresh, B = 0), and the KL reference is the base with adapters off
+        (no copy of the weights). `resume` continues from a checkpoint's state, reference and counters
+        instead of a fresh optimizer state (with LoRA, `params` is still the frozen base)."""
         self.cfg, self.tok, self.rewards, self.template, self.pool = cfg, tokenizer, rewards, template, pool
         if lora.rank:
             model_cfg = dataclasses.replace(model_cfg, lora=lora)
             self.frozen = params
-            params = r1lora.init_adapters(model_cfg, jax.random.key(seed)) if adapters is None else adapters
+            if resume is None:
+                params = r1lora.init_adapters(model_cfg, jax.random.key(seed))
         else:
             self.frozen = None
         self.model_cfg = model_cfg
@@ -116,21 +129,23 @@ class GRPOTrainer:
                             f"/ grad_accum {cfg.grad_accum})",
                             f"set grpo.num_minibatches·grpo.grad_accum to a divisor of {rows // n} "
                             f"(e.g. grpo.num_minibatches={max(1, rows // n)})")
-        self.state = init_train_state(params, self.tx)
+        self.state = init_train_state(params, self.tx) if resume is None else resume.state
         state_sharding = None
         if mesh is not None:
             self.state = sharding.place(self.state, mesh, model_cfg)
             state_sharding = sharding.tree_shardings(self.state, mesh, cfg=model_cfg)
         # the reference's trainable part: a copy of the params, or with LoRA the adapters switched off
         self.ref_trainable = None
-        if cfg.kl_beta:
+        if cfg.kl_beta and resume is not None:
+            self.ref_trainable = resume.ref_trainable
+        elif cfg.kl_beta:
             copied = jax.tree.map(jnp.copy, self.state.params)  # the state is donated to the update
             self.ref_trainable = copied if self.frozen is None else r1lora.adapters_off(copied)
         self._update = make_grpo_step(self.sampler.model, self.tx, cfg, post_update, state_sharding, policy_loss)
         self._logps = make_logps_fn(self.sampler.model, cfg.logprob_chunk, cfg.num_minibatches * cfg.grad_accum)
         self.seed = seed
-        self.rl_step = 0
-        self.bad_steps = 0
+        self.rl_step = 0 if resume is None else resume.rl_step
+        self.bad_steps = 0 if resume is None else resume.bad_steps
 
     @property
     def params(self) -> Any:

@@ -3,6 +3,7 @@
     python experiments/sweep.py r1_zero --seeds 0,1,2                  # three tiny R1-Zero runs
     python experiments/sweep.py r1 --seeds 0,1,2 --set rl1_steps=20    # the multi-stage recipe
     python experiments/sweep.py r1_zero --seeds 0,1 --workdir runs/sw --set rl_steps=60
+    python experiments/sweep.py r1_zero --preset tiny-countdown       # Countdown (TinyZero's task)
 
 Each seed is the recipe's own run (`--set seed=` replaced: base, data order and RL randomness) in
 <workdir>/seed<N>, resumed like any run; the table goes to <workdir>/summary.md and sweep.json,
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", choices=list(RECIPES))
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    add_common_flags(parser, ["tiny"])
+    add_common_flags(parser, sorted({p for recipe in RECIPES.values() for p in recipe.PRESETS},
+                                    key=lambda p: (p != "tiny", p)))  # each recipe checks its own below
     args = parse_and_launch(parser, argv)
     recipe = RECIPES[args.recipe]
     if args.preset not in recipe.PRESETS:

@@ -99,9 +99,10 @@ def _auto_axes() -> dict[str, int]:
 
 def split_ways(name: str, size: int) -> int:
     """Into how many pieces `constrain` splits a dimension of `size` named `name` under the current mesh."""
-    spec = logical_to_spec((name,), _auto_axes(), (size,))[0]
+    auto = _auto_axes()
+    spec = logical_to_spec((name,), auto, (size,))[0]
     axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
-    return math.prod(_auto_axes()[a] for a in axes)
+    return math.prod(auto[a] for a in axes)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

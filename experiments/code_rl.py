@@ -26,9 +26,9 @@ def main(argv=None) -> int:
     args = parse_and_launch(parser, argv)
     cfg = apply_overrides(code_rl.PRESETS[args.preset], args.overrides)
     workdir = args.workdir or os.path.join("runs", f"code_rl_{args.preset}")
-    ctx = code_rl.build(cfg, workdir, mesh=args.mesh).run()
-    print(code_rl.report(ctx.results, workdir))
-    print(f"workdir: {ctx.workdir}")
+    carry = code_rl.build(cfg, workdir, mesh=args.mesh).run()
+    print(code_rl.report(carry.results, workdir))
+    print(f"workdir: {os.path.abspath(workdir)}")
     return 0
 
 

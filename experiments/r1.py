@@ -22,8 +22,8 @@ def main(argv=None) -> int:
     args = parse_and_launch(parser, argv)
     cfg = apply_overrides(r1.PRESETS[args.preset], args.overrides)
     workdir = args.workdir or os.path.join("runs", f"r1_{args.preset}")
-    ctx = r1.build(cfg, workdir, mesh=args.mesh).run()
-    print(r1.report(ctx.results, workdir))
+    carry = r1.build(cfg, workdir, mesh=args.mesh).run()
+    print(r1.report(carry.results, workdir))
     return 0
 
 

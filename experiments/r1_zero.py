@@ -29,8 +29,8 @@ def main(argv=None) -> int:
     cfg = apply_overrides(r1_zero.PRESETS[args.preset], args.overrides)
     r1_zero.check_config(cfg, args.preset)
     workdir = args.workdir or os.path.join("runs", f"r1_zero_{args.preset}")
-    ctx = r1_zero.build(cfg, workdir, mesh=args.mesh).run()
-    print(r1_zero.report(ctx.results, workdir))
+    carry = r1_zero.build(cfg, workdir, mesh=args.mesh).run()
+    print(r1_zero.report(carry.results, workdir))
     return 0
 
 

@@ -90,11 +90,12 @@ def _child(argv: list[str]) -> None:
 
     GRPOTrainer.step = timed_step
     for cls in (InitFromPhase, EvalPhase, RLPhase):
-        def timed_run(self, ctx, state, cursor, _run=cls.run):
+        def timed_run(self, env, carry, state, cursor, _run=cls.run):
             log({"event": "phase_start", "phase": self.name})
             t0 = time.perf_counter()
-            _run(self, ctx, state, cursor)
+            carry = _run(self, env, carry, state, cursor)
             log({"event": "phase_end", "phase": self.name, "seconds": time.perf_counter() - t0})
+            return carry
         cls.run = timed_run
     sys.argv = [str(ROOT / "experiments" / "r1_zero.py"), *argv]
     runpy.run_path(sys.argv[0], run_name="__main__")

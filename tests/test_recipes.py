@@ -46,15 +46,16 @@ def test_real_preset_path_loads_a_hf_folder_trains_and_resumes(hf_folder, tmp_pa
     with pytest.raises(StopRun):
         runner.run(stop_at_step=2)  # base_eval and one RL step, then "killed"
     assert (workdir / "tokenizer.json").exists()
-    ctx = r1_zero.build(cfg, str(workdir)).run()  # resumes: the tokenizer comes back from the workdir copy
-    assert isinstance(ctx.tokenizer, HFTokenizer) and ctx.model_cfg == source_model_config(str(hf_folder), cfg.init)
-    assert (ctx.model_cfg.dtype, ctx.model_cfg.remat, ctx.model_cfg.scan_layers) == ("bfloat16", "full", True)
-    assert set(ctx.results) >= {"init", "base_eval", "final_eval"}
+    carry = r1_zero.build(cfg, str(workdir)).run()  # resumes: the tokenizer comes back from the workdir copy
+    assert isinstance(carry.tokenizer, HFTokenizer)
+    assert carry.model_cfg == source_model_config(str(hf_folder), cfg.init)
+    assert (carry.model_cfg.dtype, carry.model_cfg.remat, carry.model_cfg.scan_layers) == ("bfloat16", "full", True)
+    assert set(carry.results) >= {"init", "base_eval", "final_eval"}
     steps = [r["step"] for r in read_metrics(workdir / "metrics.jsonl") if "rl/reward/mean" in r]
     assert steps == [1, 2]
     _, loaded = load_hf(hf_folder)
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a, np.float32) - np.asarray(b)).max()),
-                         unstack_layers(ctx.params), loaded)  # the run keeps its layers scanned
+                         unstack_layers(carry.params), loaded)  # the run keeps its layers scanned
     assert max(jax.tree.leaves(moved)) > 0  # RL changed the loaded weights
 
 

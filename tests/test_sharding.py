@@ -156,20 +156,24 @@ class _DoublingPhase:
     """Doubles the params three times, checkpointing each step (a cheap stand-in for a training phase)."""
 
     name = "double"
+    restored_specs: set = set()
+    mesh_shape: dict = {}
 
-    def state_template(self, ctx):
+    def state_template(self, model_cfg):
         from r1jax.phases.runner import abstract_params
 
-        return {"params": abstract_params(ctx.model_cfg)}
+        return {"params": abstract_params(model_cfg)}
 
-    def run(self, ctx, state, cursor):
+    def run(self, env, carry, state, cursor):
         if state is not None:  # resumed: the restored state is already on the run's mesh
-            ctx.restored_specs = {x.sharding.spec for x in jax.tree.leaves(state)}
-        ctx.params = ctx.place(_host_params("dense")) if ctx.params is None else ctx.params
+            _DoublingPhase.restored_specs = {x.sharding.spec for x in jax.tree.leaves(state)}
+        _DoublingPhase.mesh_shape = dict(env.mesh.shape)
+        params = env.place(_host_params("dense"), carry.model_cfg) if carry.params is None else carry.params
         for step in range(cursor["step"] if cursor else 0, 3):
-            ctx.params = _double(ctx.params)
-            ctx.save({"params": ctx.params}, {"step": step + 1})
-            ctx.advance()
+            params = _double(params)
+            env.save(carry.replace(params=params), {"params": params}, {"step": step + 1})
+            env.advance()
+        return carry.replace(params=params)
 
 
 def test_runner_restores_a_killed_run_onto_its_mesh(tmp_path):
@@ -180,10 +184,10 @@ def test_runner_restores_a_killed_run_onto_its_mesh(tmp_path):
 
     with pytest.raises(StopRun):
         run(stop_at_step=2)
-    ctx = run()
-    assert P("fsdp", None) in ctx.restored_specs and ctx.mesh.shape == {"data": 2, "fsdp": 4}
-    gate = ctx.params["layers_0"]["mlp"]["gate"]["kernel"]
-    want = sharding.param_shardings(DENSE, ctx.mesh)["layers_0"]["mlp"]["gate"]["kernel"]  # P("fsdp", None)
+    carry = run()
+    assert P("fsdp", None) in _DoublingPhase.restored_specs and _DoublingPhase.mesh_shape == {"data": 2, "fsdp": 4}
+    gate = carry.params["layers_0"]["mlp"]["gate"]["kernel"]
+    want = sharding.param_shardings(DENSE, gate.sharding.mesh)["layers_0"]["mlp"]["gate"]["kernel"]  # P("fsdp", None)
     assert gate.sharding.is_equivalent_to(want, 2) and want.spec == P("fsdp", None)
     np.testing.assert_allclose(np.asarray(gate), 8 * _host_params("dense")["layers_0"]["mlp"]["gate"]["kernel"])
 

@@ -24,7 +24,7 @@ import numpy as np
 from r1jax.checkpoint import Checkpointer
 from r1jax.config import EXECUTION_FIELDS, Execution, ModelConfig
 from r1jax.model.transformer import convert_layout
-from r1jax.phases.runner import Phase, RunContext
+from r1jax.phases.runner import Carry, Phase, RunEnv
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")  # the last: stop ids
 
@@ -117,39 +117,37 @@ class InitFromPhase(Phase):
     tokenizer_only: bool = False
     execution: Execution | None = None
 
-    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+    def run(self, env: RunEnv, carry: Carry, state: Any, cursor: dict | None) -> Carry:
         if self.tokenizer_only:
-            self._copy_tokenizer(ctx)
+            self._copy_tokenizer(env)
             if is_hf_folder(self.source):
                 from r1jax.hf_tokenizer import HFTokenizer
 
-                ctx.tokenizer = HFTokenizer.load(self.source)
-            else:
-                from r1jax.tokenizer import Tokenizer
+                return carry.replace(tokenizer=HFTokenizer.load(self.source))
+            from r1jax.tokenizer import Tokenizer
 
-                ctx.set_tokenizer(Tokenizer.load(ctx.tokenizer_path))
-            return
+            return carry.with_tokenizer(Tokenizer.load(env.tokenizer_path))
         cfg, params, tok = load_source(self.source, self.execution)
-        diff = _config_differences(cfg, ctx.model_cfg)
+        diff = _config_differences(cfg, carry.model_cfg)
         if diff:
             raise ValueError(f"phase {self.name!r}: the run's model config differs from {self.source}'s "
                              f"(build the Runner with source_model_config): {'; '.join(diff)}")
-        self._copy_tokenizer(ctx)
-        ctx.tokenizer, ctx.params = tok, params
-        ctx.results[self.name] = {"source": os.path.abspath(self.source),
-                                  "params": int(sum(x.size for x in jax.tree.leaves(params)))}
+        self._copy_tokenizer(env)
+        return carry.replace(tokenizer=tok, params=params).with_result(
+            self.name, {"source": os.path.abspath(self.source),
+                        "params": int(sum(x.size for x in jax.tree.leaves(params)))})
 
-    def _copy_tokenizer(self, ctx: RunContext) -> None:
+    def _copy_tokenizer(self, env: RunEnv) -> None:
         """Copy the source's tokenizer files into the workdir (a resumed run reloads them from there)."""
         if is_hf_folder(self.source):
             for name in HF_TOKENIZER_FILES:
                 if os.path.exists(os.path.join(self.source, name)):
-                    shutil.copyfile(os.path.join(self.source, name), os.path.join(ctx.workdir, name))
+                    shutil.copyfile(os.path.join(self.source, name), os.path.join(env.workdir, name))
             return
         path = os.path.join(self.source, "tokenizer.model")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing: {self.source} is not a finished r1jax run")
-        shutil.copyfile(path, ctx.tokenizer_path)
+        shutil.copyfile(path, env.tokenizer_path)
 
 
 def snapshot_dir(workdir: str, tag: str) -> str:
@@ -174,13 +172,14 @@ class SnapshotPhase(Phase):
         if not self.name:
             object.__setattr__(self, "name", f"snapshot_{self.tag}")
 
-    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
-        if ctx.params is None:
+    def run(self, env: RunEnv, carry: Carry, state: Any, cursor: dict | None) -> Carry:
+        if carry.params is None:
             raise ValueError(f"phase {self.name!r}: there are no params to snapshot yet (put it after training)")
-        with Checkpointer(snapshot_dir(ctx.workdir, self.tag), keep_last=1, async_save=False) as ckpt:
-            ckpt.save(0, {"params": ctx.params}, {"model": ctx.model_cfg.to_dict(), "global_step": ctx.global_step},
-                      force=True)
-        ctx.results[self.name] = {"global_step": ctx.global_step}
+        directory = snapshot_dir(env.workdir, self.tag)
+        with Checkpointer(directory, keep_last=1, async_save=False) as ckpt:
+            ckpt.save(0, {"params": carry.params}, {"model": carry.model_cfg.to_dict(),
+                                                    "global_step": env.global_step}, force=True)
+        return carry.with_result(self.name, {"global_step": env.global_step}, file=directory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,22 +197,22 @@ class RestorePhase(Phase):
         if not self.name:
             object.__setattr__(self, "name", f"restore_{self.tag}")
 
-    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+    def run(self, env: RunEnv, carry: Carry, state: Any, cursor: dict | None) -> Carry:
         from r1jax import sharding
         from r1jax.phases.runner import abstract_params
 
-        directory = snapshot_dir(ctx.workdir, self.tag)
+        directory = snapshot_dir(env.workdir, self.tag)
         if not os.path.isdir(directory):
-            raise FileNotFoundError(f"phase {self.name!r}: no snapshot {self.tag!r} in {ctx.workdir} "
+            raise FileNotFoundError(f"phase {self.name!r}: no snapshot {self.tag!r} in {env.workdir} "
                                     f"(a SnapshotPhase({self.tag!r}) must run earlier in this run)")
         with Checkpointer(directory) as ckpt:
             if ckpt.latest_step() is None:
                 raise FileNotFoundError(f"phase {self.name!r}: {directory} holds no committed snapshot")
-            diff = _config_differences(ModelConfig.from_dict(ckpt.read_meta()["model"]), ctx.model_cfg)
+            diff = _config_differences(ModelConfig.from_dict(ckpt.read_meta()["model"]), carry.model_cfg)
             if diff:
                 raise ValueError(f"phase {self.name!r}: snapshot {self.tag!r} is of another model: {'; '.join(diff)}")
-            target = sharding.abstract_with_shardings({"params": abstract_params(ctx.model_cfg)}, ctx.mesh,
-                                                      ctx.model_cfg)
+            target = sharding.abstract_with_shardings({"params": abstract_params(carry.model_cfg)}, env.mesh,
+                                                      carry.model_cfg)
             saved, meta = ckpt.restore(target=target)
-        ctx.params = saved["params"]
-        ctx.results[self.name] = {"from_global_step": meta["global_step"]}
+        return carry.replace(params=saved["params"]).with_result(self.name,
+                                                                 {"from_global_step": meta["global_step"]})

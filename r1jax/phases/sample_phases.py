@@ -13,13 +13,13 @@ from r1jax.data.jsonl import DatasetError, json_records
 from r1jax.engine import Engine
 from r1jax.evaluate import evaluate
 from r1jax.fileio import atomic_write_jsonl
-from r1jax.phases.runner import Phase, RunContext, read_data
+from r1jax.phases.runner import Carry, Phase, RunEnv, read_data
 from r1jax.rewards import RewardPool, language_share
 from r1jax.rewards.format import is_well_formed
 
 
-def sample_and_score(phase: Any, ctx: RunContext, problems: Sequence[Problem]):
-    """k samples per problem from the current params with `phase.sampling`, scored in a reward pool
+def sample_and_score(phase: Any, env: RunEnv, carry: Carry, problems: Sequence[Problem]):
+    """k samples per problem from the carry's params with `phase.sampling`, scored in a reward pool
     of `phase.reward_workers` workers, `phase.reward_timeout_s` seconds per sample (as RLPhase's).
 
     `phase.rollout` picks the sampler: "static" (r1jax.sampling) or "engine" (r1jax.engine, with
@@ -30,10 +30,10 @@ def sample_and_score(phase: Any, ctx: RunContext, problems: Sequence[Problem]):
                          f"{ROLLOUT_SAMPLERS}")
     sampler = None
     if phase.rollout == "engine":
-        sampler = Engine(ctx.model_cfg, pad_id=ctx.tokenizer.pad_id, slots=phase.rollout_slots)
+        sampler = Engine(carry.model_cfg, pad_id=carry.tokenizer.pad_id, slots=phase.rollout_slots)
     with RewardPool(phase.reward_workers, phase.reward_timeout_s) as pool:
-        return evaluate(ctx.params, ctx.model_cfg, ctx.tokenizer, problems, settings=phase.sampling,
-                        template=phase.template, rng=ctx.rng(), k=phase.k, pool=pool, sampler=sampler)
+        return evaluate(carry.params, carry.model_cfg, carry.tokenizer, problems, settings=phase.sampling,
+                        template=phase.template, rng=env.rng(), k=phase.k, pool=pool, sampler=sampler)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +51,13 @@ class EvalPhase(Phase):
     reward_workers: int = 2  # the reward pool's, as RLPhase's (the code reward needs a long timeout)
     reward_timeout_s: float = 10.0
 
-    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
-        result = sample_and_score(self, ctx, read_data(self, "problems"))
-        result.write_jsonl(os.path.join(ctx.workdir, f"{self.name}.jsonl"))
+    def run(self, env: RunEnv, carry: Carry, state: Any, cursor: dict | None) -> Carry:
+        result = sample_and_score(self, env, carry, read_data(self, "problems"))
+        path = os.path.join(env.workdir, f"{self.name}.jsonl")
+        result.write_jsonl(path)
         summary = result.summary()
-        ctx.results[self.name] = summary
-        ctx.log(summary)
+        env.log(summary)
+        return carry.with_result(self.name, summary, file=path)
 
 
 _CODE_BLOCK = re.compile(r"```")
@@ -101,9 +102,9 @@ class RejectionSamplingPhase(Phase):
         """Where the kept traces go: `workdir/<name>.jsonl` (a later SFTPhase reads them from there)."""
         return os.path.join(workdir, f"{self.name}.jsonl")
 
-    def run(self, ctx: RunContext, state: Any, cursor: dict | None) -> None:
+    def run(self, env: RunEnv, carry: Carry, state: Any, cursor: dict | None) -> Carry:
         problems = list(read_data(self, "problems"))
-        result = sample_and_score(self, ctx, problems)
+        result = sample_and_score(self, env, carry, problems)
         rows, reasons = [], {}
         for problem, rec in zip(problems, result.records):
             kept = 0
@@ -115,11 +116,11 @@ class RejectionSamplingPhase(Phase):
                     kept += 1
                 elif why is not None:
                     reasons[why] = reasons.get(why, 0) + 1
-        atomic_write_jsonl(self.output_path(ctx.workdir), rows)
+        atomic_write_jsonl(self.output_path(env.workdir), rows)
         summary = {"kept": float(len(rows)), "sampled": float(len(problems) * self.k),
                    **{f"rejected/{k}": float(v) for k, v in reasons.items()}}
-        ctx.results[self.name] = summary
-        ctx.log(summary)
+        env.log(summary)
+        return carry.with_result(self.name, summary, file=self.output_path(env.workdir))
 
 
 def read_sft_jsonl(path: str) -> list[tuple[str, str]]:

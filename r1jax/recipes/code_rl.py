@@ -1,8 +1,8 @@
 """Code RL: GRPO with the sandboxed code reward (DeepSeek-R1 §2.2.2: code is checked by tests), at tiny scale.
 
     cfg = CodeRLConfig(rl_steps=20)
-    ctx = build(cfg, "runs/code_rl").run()
-    print(report(ctx.results, "runs/code_rl"))
+    carry = build(cfg, "runs/code_rl").run()
+    print(report(carry.results, "runs/code_rl"))
 
 A cold start first (SFT of a tiny model on the tasks' reference programs in the R1 format), then
 GRPO where each sampled program runs against the task's tests in the sandbox

@@ -192,10 +192,10 @@ def run_arm(cfg: CompareConfig, workdir: str, objective: str, seed: int, **runne
     with open(settings_path, "w") as f:
         json.dump(settings, f, indent=1)
     start = time.perf_counter()
-    ctx = arm_runner(cfg, workdir, objective, seed, **runner_kwargs).run()
+    carry = arm_runner(cfg, workdir, objective, seed, **runner_kwargs).run()
     record = {"objective": objective, "seed": seed, "settings": settings, "seconds": time.perf_counter() - start,
               "overrides": objective_overrides(cfg.data.grpo, cfg.entropy_coef)[objective],
-              "final_eval": ctx.results["final_eval"],
+              "final_eval": carry.results["final_eval"],
               **rl_summary(os.path.join(arm_dir(workdir, objective, seed), "metrics.jsonl"), cfg.tail_steps)}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

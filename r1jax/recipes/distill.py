@@ -121,12 +121,12 @@ def run(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, dict]:
             with open(timing_path) as f:
                 timing = json.load(f)
         start = time.perf_counter()
-        ctx = runner.run()
+        carry = runner.run()
         if not timing.get("done"):
             timing = {"seconds": timing["seconds"] + time.perf_counter() - start, "done": True}
             with open(timing_path, "w") as f:
                 json.dump(timing, f)
-        out[name] = {**ctx.results, "seconds": timing["seconds"]}
+        out[name] = {**carry.results, "seconds": timing["seconds"]}
     return out
 
 

@@ -54,8 +54,8 @@ def run(recipe: ModuleType, cfg: Any, seeds: Sequence[int], workdir: str, **runn
         c = with_seed(cfg, seed)
         if hasattr(recipe, "check_config"):
             recipe.check_config(c)
-        ctx = recipe.build(c, seed_dir(workdir, seed), **runner_kwargs).run()
-        runs[seed] = {name: dict(r) for name, r in ctx.results.items() if isinstance(r, dict)}
+        carry = recipe.build(c, seed_dir(workdir, seed), **runner_kwargs).run()
+        runs[seed] = {name: dict(r) for name, r in carry.results.items() if isinstance(r, dict)}
     return {"seeds": seeds, "runs": runs, "workdir": workdir}
 
 

@@ -1,7 +1,7 @@
 """The RL phase's hook: a GRPO step's rollouts (kept by the trainer) as a saved `RolloutRecord`.
 
-    recorder = RolloutRecorder(workdir, RolloutLog(every=5), "rl", steps=40, start_step=ctx.global_step)
-    trainer.step(...); recorder.maybe_save(trainer, ctx.global_step, phase_step)
+    recorder = RolloutRecorder(workdir, RolloutLog(every=5), "rl", steps=40, start_step=env.global_step)
+    trainer.step(...); recorder.maybe_save(trainer, env.global_step, phase_step)
 
 Every process computes (the extra forward pass is one program over the mesh); process 0 writes.
 """

@@ -4,6 +4,7 @@
     python experiments/sweep.py r1 --seeds 0,1,2 --set rl1_steps=20    # the multi-stage recipe
     python experiments/sweep.py r1_zero --seeds 0,1 --workdir runs/sw --set rl_steps=60
     python experiments/sweep.py r1_zero --preset tiny-countdown       # Countdown (TinyZero's task)
+    python experiments/sweep.py distill --set teacher=runs/sweep_r1_zero/seed{seed}  # each seed its own teacher
 
 Each seed is the recipe's own run (`--set seed=` replaced: base, data order and RL randomness) in
 <workdir>/seed<N>, resumed like any run; the table goes to <workdir>/summary.md and sweep.json,
@@ -17,9 +18,9 @@ import sys
 
 from r1jax.cli import add_common_flags, apply_overrides, parse_and_launch, run
 from r1jax.errors import UsageError
-from r1jax.recipes import r1, r1_zero, sweep
+from r1jax.recipes import distill, r1, r1_zero, sweep
 
-RECIPES = {"r1_zero": r1_zero, "r1": r1}
+RECIPES = {"r1_zero": r1_zero, "r1": r1, "distill": distill}
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -136,6 +136,7 @@ def test_bad_dataset_line_and_truncated_safetensors_name_their_file(tmp_path, ca
     ("r1_zero.py", ["--set", "grpo.grup_size=4"], "GRPOConfig has no field 'grup_size'"),
     ("r1_zero.py", ["--mesh", "3x3", "--set", "pretrain_steps=1"], "mesh '3x3' needs 9 devices"),
     ("evaluate.py", ["--workdir", "{tmp}"], "no checkpoints/ folder"),
+    ("sweep.py", ["distill", "--seeds", "0,1", "--set", "teacher={tmp}/teacher{seed}"], "teacher0' holds no r1jax run"),
 ])
 def test_experiments_end_bad_input_with_one_error_line_and_status_2(tmp_path, script, args, message):
     root = pathlib.Path(__file__).parent.parent

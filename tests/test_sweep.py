@@ -42,8 +42,8 @@ def test_table_gives_each_metric_per_evaluation_and_the_paired_change(tmp_path):
     summary = sweep.summarize(result)
     assert list(summary)[:2] == ["pass@1", "cons@4"]
     assert summary["pass@1"]["final_eval"] == pytest.approx((0.5, T2 * 0.2 / math.sqrt(3)))
-    assert summary["pass@1"]["change"] == pytest.approx((0.4, T2 * 0.1 / math.sqrt(3)))
-    assert summary["format"]["change"] == (0.5, 0.0)
+    assert summary["pass@1"][sweep.LAST_MINUS_FIRST] == pytest.approx((0.4, T2 * 0.1 / math.sqrt(3)))
+    assert summary["format"][sweep.LAST_MINUS_FIRST] == (0.5, 0.0)
     assert all(math.isnan(x) for x in summary["slip_rate"]["base_eval"])
     text = sweep.table(result)
     assert "| pass@1 | 0.100 ± 0.248 | 0.500 ± 0.497 | +0.400 ± 0.248 |" in text
@@ -55,9 +55,27 @@ def test_table_gives_each_metric_per_evaluation_and_the_paired_change(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 5000 and (tmp_path / "summary.md").exists()
 
 
+def test_a_recipe_names_its_own_paired_changes(tmp_path):
+    result = _fake_result(tmp_path)
+    for seed, run in result["runs"].items():
+        run["other_eval"] = {"pass@1": 0.3, "cons@4": 0.1, "format": 1.0, "slip_rate": 0.0}
+    result["changes"] = {"final − other": ("final_eval", "other_eval")}
+    summary = sweep.summarize(result)
+    assert summary["pass@1"]["final − other"] == pytest.approx((0.2, T2 * 0.2 / math.sqrt(3)))
+    assert sweep.LAST_MINUS_FIRST not in summary["pass@1"]
+    assert "| held-out metric (3 seeds) | base_eval | final_eval | other_eval | final − other |" in sweep.table(result)
+    result["changes"] = {"x": ("final_eval", "missing_eval")}
+    with pytest.raises(ValueError, match="missing_eval"):
+        sweep.summarize(result)
+
+
 def test_seed_lands_where_each_recipe_keeps_it():
+    from r1jax.recipes import distill
+
     assert sweep.with_seed(r1_zero.R1ZeroConfig(), 7).seed == 7
     assert sweep.with_seed(r1.R1Config(), 7).base.seed == 7
+    cfg = sweep.with_seed(distill.DistillConfig(teacher="runs/sw/seed{seed}"), 7)
+    assert cfg.data.seed == 7 and cfg.teacher == "runs/sw/seed7"  # each seed its own teacher
     with pytest.raises(UsageError, match="no 'seed'"):
         sweep.with_seed(sweep_config_without_seed(), 1)
     with pytest.raises(UsageError, match="distinct"):

@@ -52,12 +52,20 @@ class DistillConfig:
 
 PRESETS: dict[str, DistillConfig] = {"tiny": DistillConfig()}
 
+# the paired differences a seed sweep reports (experiments/sweep.py distill), each seed against itself
+SWEEP_CHANGES = {"distilled − RL alone": ("distilled/final_eval", "rl_only/final_eval"),
+                 "distilled − student base": ("distilled/final_eval", "student_base/final_eval"),
+                 "RL alone − student base": ("rl_only/final_eval", "student_base/final_eval")}
+
 
 def check_teacher(cfg: DistillConfig) -> None:
     """A clear error when the teacher run is missing."""
     if not os.path.isdir(os.path.join(cfg.teacher, "checkpoints")):
         raise FileNotFoundError(f"teacher={cfg.teacher!r} holds no r1jax run: train one first with "
                                 f"`python experiments/r1_zero.py --workdir {cfg.teacher}` (or --set teacher=...)")
+
+
+check_config = check_teacher  # what a seed sweep checks for every seed before the first one runs
 
 
 def build(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, Any]:
@@ -155,5 +163,6 @@ def report(results: dict[str, dict], workdir: str) -> str:
     return text
 
 
-__all__ = ["DistillConfig", "PRESETS", "STAGES", "before_after_table", "build", "check_teacher", "report", "run"]
+__all__ = ["DistillConfig", "PRESETS", "STAGES", "SWEEP_CHANGES", "before_after_table", "build", "check_config",
+           "check_teacher", "report", "run"]
 

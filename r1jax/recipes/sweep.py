@@ -4,12 +4,15 @@
     result = sweep.run(r1_zero, r1_zero.PRESETS["tiny"], seeds=(0, 1, 2), workdir="runs/sweep_r1_zero")
     print(sweep.report(result, "runs/sweep_r1_zero"))
 
-Each seed is the recipe's own run with `seed` (or `base.seed`) replaced (its base, data order and RL randomness all
-follow from it) in `workdir/seed<N>`, resumed like any run. Every phase whose results hold `pass@1`
-is an evaluation; the table gives each metric of EVAL_METRICS per evaluation phase as mean ± the
-half-width of the 95% Student-t interval over seeds (r1jax.stats), and the paired change from the
-first evaluation to the last (each seed against itself). The curves average metrics.jsonl over the
-seeds at the steps they share, with the same interval as a band.
+Each seed is the recipe's own run with `seed` (or `base.seed`, `data.seed`) replaced (its base, data order and RL
+randomness all follow from it) in `workdir/seed<N>`, resumed like any run; a text field holding "{seed}" is
+formatted per seed (distillation's `teacher=runs/sweep_r1_zero/seed{seed}`: each seed its own teacher).
+A recipe made of several runs (one with `run(cfg, workdir)` giving results per stage, distill) names its
+phases "<stage>/<phase>". Every phase whose results hold `pass@1` is an evaluation; the table gives each
+metric of EVAL_METRICS per evaluation phase as mean ± the half-width of the 95% Student-t interval over
+seeds (r1jax.stats), and paired changes, each seed against itself: from the first evaluation to the last,
+or the pairs a recipe names in SWEEP_CHANGES ({label: (phase, minus phase)}). The curves average
+metrics.jsonl over the seeds at the steps they share, with the same interval as a band.
 """
 from __future__ import annotations
 
@@ -33,30 +36,44 @@ def seed_dir(workdir: str, seed: int) -> str:
     return os.path.join(workdir, f"seed{seed}")
 
 
+SEED_HOLDERS = ("base", "data")  # where a recipe nests the R1-Zero settings that hold its seed
+
+
 def with_seed(cfg: Any, seed: int) -> Any:
-    """`cfg` with its `seed` (or its `base.seed`, as the R1 recipe nests it) replaced."""
+    """`cfg` with its `seed` (or `base.seed` as R1 nests it, `data.seed` as distillation does) replaced, and
+    "{seed}" in its text fields formatted with it."""
     names = {f.name for f in dataclasses.fields(cfg)}
+    texts = {n: getattr(cfg, n).replace("{seed}", str(seed)) for n in names
+             if isinstance(getattr(cfg, n), str) and "{seed}" in getattr(cfg, n)}
     if "seed" in names:
-        return dataclasses.replace(cfg, seed=seed)
-    if "base" in names and dataclasses.is_dataclass(cfg.base):
-        return dataclasses.replace(cfg, base=with_seed(cfg.base, seed))
-    raise UsageError(f"{type(cfg).__name__} has no 'seed' (or base.seed) field to sweep")
+        return dataclasses.replace(cfg, seed=seed, **texts)
+    for holder in SEED_HOLDERS:
+        if holder in names and dataclasses.is_dataclass(getattr(cfg, holder)):
+            return dataclasses.replace(cfg, **{holder: with_seed(getattr(cfg, holder), seed)}, **texts)
+    raise UsageError(f"{type(cfg).__name__} has no 'seed' (or base.seed, data.seed) field to sweep")
+
+
+def recipe_results(recipe: ModuleType, cfg: Any, workdir: str, **runner_kwargs) -> dict[str, dict]:
+    """Phase name → results of one run of `recipe`; "<stage>/<phase>" for a recipe of several runs."""
+    if not hasattr(recipe, "run"):
+        carry = recipe.build(cfg, workdir, **runner_kwargs).run()
+        return {name: dict(r) for name, r in carry.results.items() if isinstance(r, dict)}
+    return {f"{stage}/{name}": dict(r) for stage, results in recipe.run(cfg, workdir, **runner_kwargs).items()
+            for name, r in results.items() if isinstance(r, dict)}
 
 
 def run(recipe: ModuleType, cfg: Any, seeds: Sequence[int], workdir: str, **runner_kwargs) -> dict[str, Any]:
-    """Run `recipe` (a module with `build(cfg, workdir, **kw)` and optionally `check_config`) once per seed."""
+    """Run `recipe` (a module with `build(cfg, workdir, **kw)`, or `run` for several runs, and optionally
+    `check_config` and SWEEP_CHANGES) once per seed."""
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds {seeds}: give one or more distinct seeds")
-    with_seed(cfg, seeds[0])  # a config without a seed is an error before any run starts
-    runs = {}
-    for seed in seeds:
-        c = with_seed(cfg, seed)
+    configs = {seed: with_seed(cfg, seed) for seed in seeds}  # a config without a seed fails before any run
+    for c in configs.values():  # so does seed 2's missing teacher, before seed 0 trains
         if hasattr(recipe, "check_config"):
             recipe.check_config(c)
-        carry = recipe.build(c, seed_dir(workdir, seed), **runner_kwargs).run()
-        runs[seed] = {name: dict(r) for name, r in carry.results.items() if isinstance(r, dict)}
-    return {"seeds": seeds, "runs": runs, "workdir": workdir}
+    runs = {seed: recipe_results(recipe, c, seed_dir(workdir, seed), **runner_kwargs) for seed, c in configs.items()}
+    return {"seeds": seeds, "runs": runs, "workdir": workdir, "changes": dict(getattr(recipe, "SWEEP_CHANGES", {}))}
 
 
 def eval_phases(result: dict[str, Any]) -> list[str]:
@@ -66,33 +83,49 @@ def eval_phases(result: dict[str, Any]) -> list[str]:
     return [n for n in names if all(n in r and "pass@1" in r[n] for r in runs)]
 
 
+LAST_MINUS_FIRST = "change (last − first, paired)"
+
+
+def changes(result: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Label → (phase, minus phase) of the paired changes in the table: the recipe's, or last − first."""
+    phases = eval_phases(result)
+    if result.get("changes"):
+        missing = {p for pair in result["changes"].values() for p in pair} - set(phases)
+        if missing:
+            raise ValueError(f"SWEEP_CHANGES names {sorted(missing)}, not evaluations of every seed ({phases})")
+        return dict(result["changes"])
+    return {LAST_MINUS_FIRST: (phases[-1], phases[0])} if len(phases) > 1 else {}
+
+
 def summarize(result: dict[str, Any]) -> dict[str, dict[str, tuple[float, float]]]:
-    """metric → {phase or "change": (mean, 95% half-width)} over seeds; "change" pairs last − first evaluation."""
+    """metric → {phase or change label: (mean, 95% half-width)} over seeds; a change pairs each seed with
+    itself (`changes`)."""
     runs, phases = list(result["runs"].values()), eval_phases(result)
     if not phases:
         raise ValueError(f"no evaluation phase (results with pass@1) in the runs under {result['workdir']}")
+    pairs = changes(result)
     cons = sorted({k for r in runs for k in r[phases[-1]] if k.startswith("cons@") and "/" not in k})
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for metric in EVAL_METRICS[:1] + tuple(cons) + EVAL_METRICS[1:]:
         if not all(metric in r[p] for r in runs for p in phases):
             continue
         table[metric] = {p: mean_interval([r[p][metric] for r in runs]) for p in phases}
-        if len(phases) > 1:
-            table[metric]["change"] = mean_interval([r[phases[-1]][metric] - r[phases[0]][metric] for r in runs])
+        for label, (a, b) in pairs.items():
+            table[metric][label] = mean_interval([r[a][metric] - r[b][metric] for r in runs])
     return table
 
 
 def table(result: dict[str, Any]) -> str:
     """Markdown: one row per held-out metric, one column per evaluation phase (mean ± 95% interval)."""
-    summary, phases = summarize(result), eval_phases(result)
-    columns = phases + (["change (last − first, paired)"] if len(phases) > 1 else [])
+    summary, phases, labels = summarize(result), eval_phases(result), list(changes(result))
+    columns = phases + labels
     lines = [f"| held-out metric ({len(result['seeds'])} seeds) | " + " | ".join(columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for metric, cells in summary.items():
         digits = 1 if metric == "length_mean" else 3
         values = [format_interval(*cells[p], digits) for p in phases]
-        if "change" in cells:
-            mean, half = cells["change"]
+        for label in labels:
+            mean, half = cells[label]
             values.append(("+" if mean > 0 else "") + format_interval(mean, half, digits))
         lines.append(f"| {metric} | " + " | ".join(values) + " |")
     return "\n".join(lines)
@@ -102,7 +135,10 @@ def curve_bands(result: dict[str, Any], keys: Sequence[str] = CURVES) -> dict[st
     """key → [(step, mean, 95% half-width)] over the seeds' metrics.jsonl, at the steps every seed logged."""
     from r1jax.metrics import JSONL_NAME, read_metrics
 
-    per_seed = [read_metrics(os.path.join(seed_dir(result["workdir"], s), JSONL_NAME)) for s in result["seeds"]]
+    paths = [os.path.join(seed_dir(result["workdir"], s), JSONL_NAME) for s in result["seeds"]]
+    if not all(os.path.exists(p) for p in paths):  # a recipe of several runs logs per stage
+        return {}
+    per_seed = [read_metrics(p) for p in paths]
     bands = {}
     for key in keys:
         series = [{r["step"]: r[key] for r in records if key in r} for records in per_seed]

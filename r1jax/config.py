@@ -93,9 +93,10 @@ class RopeScaling:
 
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTION_KERNELS = ("auto", "blockwise", "dense", "cudnn", "splash")
+PAGED_KERNELS = ("portable", "tpu_ragged")  # the engine's decode attention (r1jax.model.paged)
 # how a model runs, not what it computes: a checkpoint or HF folder loads under any of these
 EXECUTION_FIELDS = ("param_dtype", "dtype", "remat", "scan_layers", "attention", "attention_block",
-                    "params_over_data")
+                    "paged_attention", "params_over_data")
 ROUTERS = ("sigmoid", "softmax")
 MOE_DISPATCH = ("auto", "ragged_dot", "blocked")
 MOE_EXPERT_PARALLEL = ("ring", "all_to_all", "none")
@@ -267,7 +268,10 @@ class ModelConfig:
     picks the kernel of cache-free calls and prefill: 'auto' (cuDNN on GPU, splash on TPU,
     blockwise elsewhere; on CPU dense for rows of at most one block), 'blockwise' (portable
     online-softmax blocks of `attention_block` slots, memory linear in length), 'dense' (the
-    [L, S] scores whole), 'cudnn' or 'splash'. `params_over_data` splits params (and with them
+    [L, S] scores whole), 'cudnn' or 'splash'. `paged_attention` picks the rollout engine's attention
+    over its paged KV cache: 'portable' (a loop over each row's filled pages, any backend) or
+    'tpu_ragged' (jax's TPU ragged paged attention kernel over a pool of interleaved keys and
+    values; untested on a TPU, grouped-query attention only). `params_over_data` splits params (and with them
     gradients and optimizer state) over the mesh's 'data' axis as well as 'fsdp': ZeRO-3 over the
     whole mesh, so on `--mesh=8x8` a device holds 1/64 of the train state instead of 1/8, at the
     cost of gathering each layer's weights over 'data' too (r1jax.logical.param_rules).
@@ -300,6 +304,7 @@ class ModelConfig:
     scan_layers: bool = False
     attention: str = "auto"
     attention_block: int = 512
+    paged_attention: str = "portable"
     params_over_data: bool = False
     lora: LoRAConfig = LoRAConfig()
 
@@ -310,6 +315,11 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.remat={self.remat!r} must be one of {REMAT_POLICIES} (or a bool)")
         if self.attention not in ATTENTION_KERNELS:
             raise ValueError(f"ModelConfig.attention={self.attention!r} must be one of {ATTENTION_KERNELS}")
+        if self.paged_attention not in PAGED_KERNELS:
+            raise ValueError(f"ModelConfig.paged_attention={self.paged_attention!r} must be one of {PAGED_KERNELS}")
+        if self.paged_attention == "tpu_ragged" and self.mla is not None:
+            raise ValueError("ModelConfig.paged_attention='tpu_ragged' reads grouped-query keys and values; "
+                             "MLA's latent cache has no such kernel: use 'portable'")
         for name in ("scan_layers", "params_over_data"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} must be a bool")
@@ -378,6 +388,7 @@ class Execution:
     scan_layers: bool | None = None
     attention: str | None = None
     attention_block: int | None = None
+    paged_attention: str | None = None
     params_over_data: bool | None = None
 
     def __post_init__(self):

@@ -31,7 +31,9 @@ import jax.numpy as jnp
 from r1jax.config import ModelConfig
 from r1jax.model.flash import blockwise_attention
 from r1jax.model.layers import Dense, RMSNorm, constrain
-from r1jax.model.paged import PagedKV, PageTable, paged_attention, read_pages, token_slots, write_tokens
+from r1jax.model import paged
+from r1jax.model.paged import (PagedKV, PagedKVPairs, PageTable, paged_attention, ragged_kernel_attention,
+                               read_pages, token_slots, write_tokens)
 from r1jax.model.rope import apply_rope, rope_frequencies
 
 _MASKED = -1e30  # finite, so a query with no visible key gets a uniform (ignored) row, not NaN
@@ -275,14 +277,18 @@ class Attention(nn.Module):
         return KVCache(jnp.zeros((batch, cfg.num_kv_heads, cfg.head_dim, max_len), dtype), jnp.zeros(shape, dtype))
 
     @staticmethod
-    def init_paged(cfg: ModelConfig, pages: int, page_size: int, dtype: jnp.dtype) -> PagedKV:
-        """A zeroed pool of `pages` pages of `page_size` slots: keys and values (P, K, N, D)."""
+    def init_paged(cfg: ModelConfig, pages: int, page_size: int, dtype: jnp.dtype) -> PagedKV | PagedKVPairs:
+        """A zeroed pool of `pages` pages of `page_size` slots: keys and values (P, K, N, D), or with
+        paged_attention='tpu_ragged' both in one (P, N, 2K, D) array."""
+        if cfg.paged_attention == "tpu_ragged":
+            return PagedKVPairs(jnp.zeros((pages, page_size, 2 * cfg.num_kv_heads, cfg.head_dim), dtype))
         shape = (pages, cfg.num_kv_heads, page_size, cfg.head_dim)
         return PagedKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
     @nn.compact
     def __call__(self, x_BxLxE: jax.Array, positions_BxL: jax.Array, mask: AttentionMask | PageTable,
-                 cache: KVCache | PagedKV | None, index: jax.Array) -> tuple[jax.Array, KVCache | PagedKV | None]:
+                 cache: KVCache | PagedKV | PagedKVPairs | None, index: jax.Array
+                 ) -> tuple[jax.Array, KVCache | PagedKV | PagedKVPairs | None]:
         """Attends the L new tokens (written at slots [index, index+L) of the cache, if any) to the keys `mask` allows.
 
         With a paged cache `mask` is the call's `PageTable` and `index` is unused.
@@ -309,7 +315,7 @@ class Attention(nn.Module):
 
         v_BxKxLxD = v_BxLxKxD.transpose(0, 2, 1, 3)
         scale = cfg.head_dim ** -0.5
-        if isinstance(cache, PagedKV):
+        if isinstance(cache, (PagedKV, PagedKVPairs)):
             out_BxLxHxD, cache = self._paged(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, mask, cache, scale)
         elif cache is None:  # query l sits on slot l
             out_BxLxHxD = attend(q_BxLxHxD, k_BxLxKxD.transpose(0, 2, 1, 3), v_BxKxLxD, mask, scale, cfg)
@@ -334,9 +340,15 @@ class Attention(nn.Module):
                           name="o")(out_BxLxHxD)
         return out_BxLxE, cache
 
-    def _paged(self, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, table: PageTable, cache: PagedKV, scale: float):
+    def _paged(self, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, table: PageTable, cache: PagedKV | PagedKVPairs,
+               scale: float):
         """Writes the real new tokens into their pages, then attends over each row's pages."""
         batch, length, heads, _ = q_BxLxHxD.shape
+        if isinstance(cache, PagedKVPairs):  # paged_attention='tpu_ragged'
+            page_BxL, slot_BxL = token_slots(table, length, cache.kv_PxNx2KxD.shape[1])
+            cache = PagedKVPairs(write_tokens(cache.kv_PxNx2KxD, paged.interleave_kv(k_BxLxKxD, v_BxLxKxD),
+                                              page_BxL, slot_BxL, 1, table.shards))
+            return ragged_kernel_attention(q_BxLxHxD, cache.kv_PxNx2KxD, table, scale, paged.tpu_ragged_kernel()), cache
         page_size, kv_heads = cache.k_PxKxNxD.shape[2], cache.k_PxKxNxD.shape[1]
         page_BxL, slot_BxL = token_slots(table, length, page_size)
         cache = PagedKV(write_tokens(cache.k_PxKxNxD, k_BxLxKxD, page_BxL, slot_BxL, 2, table.shards),

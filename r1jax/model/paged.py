@@ -15,17 +15,27 @@ then attends each query at position `lengths_B + l` to every slot up to itself. 
 number of pages any row of the call has filled: a decode step's cost follows the live context, not
 the pool's size or the longest budget.
 
+With `ModelConfig.paged_attention='tpu_ragged'` a layer keeps keys and values in one pool,
+`PagedKVPairs` (each kv head's key then its value along the head axis, the layout jax's TPU ragged
+paged attention kernel reads), and `ragged_kernel_attention` hands the call to that kernel: the
+rows' real new tokens packed one after another, each row a sequence of `new_B` queries over
+`lengths_B + new_B` keys. Under a mesh it runs per data shard and kv-head shard in `jax.shard_map`.
+UNTESTED on a TPU: on CPU the tests run it with a jnp kernel of the same contract, checked against
+jax's own reference (`ref_ragged_paged_attention`).
+
 Shape legend: B rows, L new tokens per row, M pages per row (page-table width), P pages in the
 pool, N slots per page, K kv heads, G query heads per kv head, D key dim, V value dim, C MLA latent
 dim, R MLA RoPE dim, Q = G·L query rows per kv head.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from r1jax import logical
 
@@ -50,6 +60,14 @@ class PagedKV:
     v_PxKxNxD: jax.Array
     logical_axes = {"k_PxKxNxD": ("pages", "kv_heads", "page_slot", "head_dim"),
                     "v_PxKxNxD": ("pages", "kv_heads", "page_slot", "head_dim")}  # a class constant
+
+
+@flax.struct.dataclass
+class PagedKVPairs:
+    """One layer's RoPE'd keys and values by page in one array: head axis k₀, v₀, k₁, v₁, … (2K entries)."""
+
+    kv_PxNx2KxD: jax.Array
+    logical_axes = {"kv_PxNx2KxD": ("pages", "page_slot", "kv_heads", "head_dim")}  # a class constant
 
 
 @flax.struct.dataclass
@@ -161,3 +179,50 @@ def paged_attention(q_BxLxKxGxD: jax.Array, read_page: Callable[[jax.Array], tup
     _, l_BxKxQ, o_BxKxQxV = jax.lax.fori_loop(0, columns, column, init)
     out_BxKxQxV = o_BxKxQxV / jnp.where(l_BxKxQ > 0, l_BxKxQ, 1.0)[..., None]
     return out_BxKxQxV.reshape(batch, kv_heads, length, groups, v_dim).transpose(0, 2, 1, 3, 4).astype(dtype)
+
+
+def interleave_kv(k_BxLxKxD: jax.Array, v_BxLxKxD: jax.Array) -> jax.Array:
+    """B×L×2K×D with each kv head's key then its value (PagedKVPairs' head order)."""
+    batch, length, kv_heads, dim = k_BxLxKxD.shape
+    return jnp.stack([k_BxLxKxD, v_BxLxKxD], axis=3).reshape(batch, length, 2 * kv_heads, dim)
+
+
+def tpu_ragged_kernel() -> Callable:
+    """jax's TPU ragged paged attention (Pallas); a function so that tests can stand another kernel in."""
+    from jax.experimental.pallas.ops.tpu.ragged_paged_attention import ragged_paged_attention
+
+    return ragged_paged_attention
+
+
+def _packed_kernel_call(kernel: Callable, scale: float, q_BxLxHxD: jax.Array, kv_PxNx2KxD: jax.Array,
+                        pages_BxM: jax.Array, lengths_B: jax.Array, new_B: jax.Array) -> jax.Array:
+    """One shard: the rows' real new queries packed in order, the kernel called, its output unpacked."""
+    batch, length, heads, dim = q_BxLxHxD.shape
+    cu_q_lens = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(new_B, dtype=jnp.int32)])
+    real_BxL = jnp.arange(length, dtype=jnp.int32)[None, :] < new_B[:, None]
+    at_BxL = jnp.where(real_BxL, cu_q_lens[:-1, None] + jnp.arange(length, dtype=jnp.int32)[None, :], batch * length)
+    packed_TxHxD = jnp.zeros((batch * length, heads, dim), q_BxLxHxD.dtype).at[at_BxL.reshape(-1)].set(
+        q_BxLxHxD.reshape(-1, heads, dim), mode="drop")  # padding tokens go nowhere
+    out_TxHxD = kernel(packed_TxHxD, kv_PxNx2KxD, lengths_B + new_B, pages_BxM, cu_q_lens,
+                       jnp.array([batch], jnp.int32), sm_scale=scale)
+    out_BxLxHxD = out_TxHxD[jnp.minimum(at_BxL, out_TxHxD.shape[0] - 1)]
+    return jnp.where(real_BxL[:, :, None, None], out_BxLxHxD, 0).astype(q_BxLxHxD.dtype)
+
+
+def ragged_kernel_attention(q_BxLxHxD: jax.Array, kv_PxNx2KxD: jax.Array, table: PageTable, scale: float,
+                            kernel: Callable) -> jax.Array:
+    """paged_attention's result through `kernel` (the contract of jax's ragged_paged_attention) over a
+    PagedKVPairs pool whose pages already hold the new tokens; out B×L×H×D, zeros at padding tokens.
+
+    With `table.shards` > 1 the rows and the pool's page runs split over the data axes as the pool's
+    shards do, and heads over the kv-head axes, each device calling the kernel on its own piece.
+    """
+    call = functools.partial(_packed_kernel_call, kernel, scale)
+    if table.shards == 1:
+        return call(q_BxLxHxD, kv_PxNx2KxD, table.pages_BxM, table.lengths_B, table.new_B)
+    auto = logical._auto_axes()
+    rows = logical.logical_to_spec(("batch",), auto, (q_BxLxHxD.shape[0],))[0]
+    heads = logical.logical_to_spec(("kv_heads",), auto, (kv_PxNx2KxD.shape[2] // 2,))[0]  # whole (k, v) pairs
+    on_rows, per_head = PartitionSpec(rows), PartitionSpec(rows, None, heads, None)
+    return jax.shard_map(call, in_specs=(per_head, per_head, on_rows, on_rows, on_rows), out_specs=per_head)(
+        q_BxLxHxD, kv_PxNx2KxD, table.pages_BxM, table.lengths_B, table.new_B)

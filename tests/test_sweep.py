@@ -98,3 +98,33 @@ def test_a_recipe_runs_per_seed_and_resumes(tmp_path):
     again = sweep.run(r1_zero, SMOKE, [0, 1], str(tmp_path))  # both done: restored, not retrained
     assert again["runs"] == result["runs"]
     assert "| pass@1 |" in sweep.report(result, str(tmp_path))
+
+
+def test_a_recipe_of_several_runs_reports_stage_by_stage(tmp_path):
+    """A recipe with `run` (distillation's four stage runs) gives '<stage>/<phase>' columns and its own changes."""
+    import types
+
+    @dataclasses.dataclass(frozen=True)
+    class Data:
+        seed: int = 0
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        teacher: str = "t{seed}"
+        data: Data = Data()
+
+    seen = []
+
+    def run(cfg, workdir):
+        seen.append((cfg.data.seed, cfg.teacher, workdir))
+        s = cfg.data.seed
+        return {"base": {"final_eval": {"pass@1": 0.1 * s, "format": 0.5}, "seconds": 3.0},
+                "arm": {"final_eval": {"pass@1": 0.2 + 0.1 * s, "format": 1.0}, "seconds": 4.0}}
+
+    recipe = types.SimpleNamespace(run=run, SWEEP_CHANGES={"arm − base": ("arm/final_eval", "base/final_eval")})
+    result = sweep.run(recipe, Config(), [1, 2], str(tmp_path))
+    assert seen == [(1, "t1", str(tmp_path / "seed1")), (2, "t2", str(tmp_path / "seed2"))]
+    assert sweep.eval_phases(result) == ["base/final_eval", "arm/final_eval"]
+    assert sweep.summarize(result)["pass@1"]["arm − base"] == pytest.approx((0.2, 0.0))
+    text = sweep.report(result, str(tmp_path))  # no metrics.jsonl at the seed's top: a table, no curves
+    assert "| base/final_eval | arm/final_eval | arm − base |" in text and not (tmp_path / "curves.png").exists()

@@ -2,12 +2,19 @@
 
     python experiments/plan_engine.py                     # Qwen2.5-1.5B, 8x8, 512 slots, 256 + 4,096 tokens
     python experiments/plan_engine.py --shape qwen2.5-7b --new-tokens 8192 --out benchmarks/plan_engine_7b.json
+    python experiments/plan_engine.py --model-set paged_attention=tpu_ragged   # the TPU kernel's pool layout
 
 Each program is lowered with abstract inputs (nothing allocated) and compiled under the mesh on
 JAX_NUM_CPU_DEVICES fake CPU devices (set from --devices before jax starts); the numbers are XLA's
 memory_analysis() per device. The slots split over the mesh's data-like axes, and so does the page
 pool: each data shard holds its own run of pages (r1jax.model.paged), sized as Engine sizes it by
 default (every slot of the shard at its longest row, plus its prefill rows' prompts).
+
+With `--model-set paged_attention=tpu_ragged` the pool takes the TPU kernel's layout (keys and values
+interleaved) and everything around the kernel is compiled: the interleaved writes, the packing of the
+new tokens, the shard_map. A Pallas TPU kernel does not compile for CPU, so a placeholder that returns
+zeros of the queries' shape stands in for it: the numbers leave out the kernel's own working memory
+(on a TPU, its VMEM blocks).
 """
 from __future__ import annotations
 
@@ -32,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page-size", type=int, default=32)
     p.add_argument("--prefill-rows", type=int, default=8, help="per data shard")
     p.add_argument("--prefill-chunk", type=int, default=256)
+    p.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a ModelConfig override, e.g. paged_attention=tpu_ragged (repeatable)")
     p.add_argument("--quick-compile", action="store_true", help="XLA backend optimization level 0 (faster)")
     p.add_argument("--out", default=None, help="write the numbers here as JSON")
     return p
@@ -40,22 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     os.environ["JAX_NUM_CPU_DEVICES"] = str(args.devices)
-    import jax
     import jax.numpy as jnp
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from plan import mesh_for, model_config
+    from plan import model_config
+    from r1jax.model import paged
+
+    cfg = model_config(args.shape, args.model_set)
+    real_kernel = paged.tpu_ragged_kernel
+    if cfg.paged_attention == "tpu_ragged":  # the Pallas kernel does not lower on CPU: a placeholder of its shape
+        paged.tpu_ragged_kernel = lambda: lambda q, *args, **kwargs: jnp.zeros_like(q)
+    try:
+        return _plan(args, cfg)
+    finally:
+        paged.tpu_ragged_kernel = real_kernel
+
+
+def _plan(args: argparse.Namespace, cfg) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from plan import mesh_for
     from r1jax import logical, sharding
     from r1jax.engine import Engine
     from r1jax.model import init_params
 
-    cfg = model_config(args.shape, [])
     mesh = mesh_for(args.mesh)
     slots, page = args.slots, args.page_size
     max_pages = -(-(args.prompt_len + args.new_tokens) // page)
     options = {"xla_backend_optimization_level": 0} if args.quick_compile else None
     sds = jax.ShapeDtypeStruct
-    result: dict = {"shape": args.shape, "mesh": args.mesh, "slots": slots, "prompt_len": args.prompt_len,
+    result: dict = {"shape": args.shape, "model_set": args.model_set, "mesh": args.mesh, "slots": slots,
+                    "prompt_len": args.prompt_len,
                     "new_tokens": args.new_tokens, "page_size": page, "programs": {}}
     with sharding.use_mesh(mesh):
         params = sharding.abstract_with_shardings(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))),

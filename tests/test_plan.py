@@ -8,15 +8,15 @@ import pytest
 ROOT = pathlib.Path(__file__).parent.parent
 
 
-def _load_plan():
-    spec = importlib.util.spec_from_file_location("plan", ROOT / "experiments" / "plan.py")
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["plan"] = mod
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
 
 
-plan = _load_plan()
+plan = _load("plan")
 # one layer, 8 rows of a 4-token prompt: every program of an RL step, compiled in seconds
 SMALL = ["--shape", "tiny", "--layers", "1", "--mesh", "2x4", "--quick-compile", "--prompts", "2", "--group-size", "4",
          "--prompt-len", "4", "--minibatches", "2"]
@@ -85,3 +85,22 @@ def test_lora_plans_the_adapters_as_state_and_the_base_as_a_frozen_argument():
     # no Adam moments for the base: the update's arguments shrink although adapters are added
     assert lora["update"]["args"] < 0.6 * full["update"]["args"]
     assert lora["logps"]["args"] > full["logps"]["args"]  # the same base, plus the adapters
+
+
+def test_the_engine_plan_splits_the_pool_per_data_shard_in_both_layouts():
+    from r1jax.model import paged
+
+    plan_engine = _load("plan_engine")
+
+    small = ["--shape", "tiny", "--mesh", "2x4", "--devices", "8", "--slots", "8", "--prompt-len", "4",
+             "--new-tokens", "12", "--page-size", "4", "--prefill-rows", "1", "--prefill-chunk", "4", "--quick-compile"]
+    kernel = paged.tpu_ragged_kernel
+    portable = plan_engine.main(small)
+    paired = plan_engine.main(small + ["--model-set", "paged_attention=tpu_ragged"])
+    assert paged.tpu_ragged_kernel is kernel  # the CPU placeholder is put back
+    for r in (portable, paired):
+        assert r["shards"] == 8 and r["pool_per_device_GiB"] == pytest.approx(r["pool_GiB"] / 8)
+        assert set(r["programs"]) == {"decode", "prefill", "admit"}
+        assert all(p["args_GiB"] > 0 and p["peak_GiB"] > 0 for p in r["programs"].values())
+    assert paired["pool_GiB"] == portable["pool_GiB"]  # the same bytes, keys and values interleaved
+    assert paired["model_set"] == ["paged_attention=tpu_ragged"]

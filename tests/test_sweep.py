@@ -11,6 +11,7 @@ from r1jax.recipes import r1, r1_zero, sweep
 from r1jax.stats import mean_interval, t_quantile
 
 T2 = 4.303  # t_{0.975, 2}: three seeds
+T1 = 12.706  # t_{0.975, 1}: two seeds
 
 
 def test_mean_interval_is_the_student_t_interval():
@@ -100,31 +101,26 @@ def test_a_recipe_runs_per_seed_and_resumes(tmp_path):
     assert "| pass@1 |" in sweep.report(result, str(tmp_path))
 
 
-def test_a_recipe_of_several_runs_reports_stage_by_stage(tmp_path):
-    """A recipe with `run` (distillation's four stage runs) gives '<stage>/<phase>' columns and its own changes."""
-    import types
-
-    @dataclasses.dataclass(frozen=True)
-    class Data:
-        seed: int = 0
-
-    @dataclasses.dataclass(frozen=True)
-    class Config:
-        teacher: str = "t{seed}"
-        data: Data = Data()
+def test_a_recipe_of_several_runs_reports_stage_by_stage(tmp_path, monkeypatch):
+    """Distillation's four stage runs (stubbed here) give '<stage>/<phase>' columns and its own changes."""
+    from r1jax.recipes import distill
 
     seen = []
 
     def run(cfg, workdir):
         seen.append((cfg.data.seed, cfg.teacher, workdir))
         s = cfg.data.seed
-        return {"base": {"final_eval": {"pass@1": 0.1 * s, "format": 0.5}, "seconds": 3.0},
-                "arm": {"final_eval": {"pass@1": 0.2 + 0.1 * s, "format": 1.0}, "seconds": 4.0}}
+        stage = {"student_base": 0.0, "teacher_traces": 0.9, "distilled": 0.3 + 0.1 * s, "rl_only": 0.1}
+        return {name: {"final_eval": {"pass@1": p, "format": 1.0}, "seconds": 3.0} for name, p in stage.items()}
 
-    recipe = types.SimpleNamespace(run=run, SWEEP_CHANGES={"arm − base": ("arm/final_eval", "base/final_eval")})
-    result = sweep.run(recipe, Config(), [1, 2], str(tmp_path))
-    assert seen == [(1, "t1", str(tmp_path / "seed1")), (2, "t2", str(tmp_path / "seed2"))]
-    assert sweep.eval_phases(result) == ["base/final_eval", "arm/final_eval"]
-    assert sweep.summarize(result)["pass@1"]["arm − base"] == pytest.approx((0.2, 0.0))
+    monkeypatch.setattr(distill, "run", run)
+    monkeypatch.setattr(distill, "check_config", lambda cfg: None)
+    result = sweep.run(distill, distill.DistillConfig(teacher="runs/t{seed}"), [1, 2], str(tmp_path))
+    assert seen == [(1, "runs/t1", str(tmp_path / "seed1")), (2, "runs/t2", str(tmp_path / "seed2"))]
+    assert sweep.eval_phases(result) == [f"{s}/final_eval" for s in distill.STAGES]
+    summary = sweep.summarize(result)["pass@1"]
+    assert summary["distilled − RL alone"] == pytest.approx((0.35, T1 * 0.1 / 2))  # 0.3 and 0.4: se 0.05
+    assert summary["RL alone − student base"] == (pytest.approx(0.1), 0.0)
     text = sweep.report(result, str(tmp_path))  # no metrics.jsonl at the seed's top: a table, no curves
-    assert "| base/final_eval | arm/final_eval | arm − base |" in text and not (tmp_path / "curves.png").exists()
+    assert "| distilled/final_eval | rl_only/final_eval | distilled − RL alone |" in text
+    assert not (tmp_path / "curves.png").exists()

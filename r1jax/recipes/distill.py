@@ -138,6 +138,12 @@ def run(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, dict]:
     return out
 
 
+def sweep_results(cfg: DistillConfig, workdir: str, **runner_kwargs) -> dict[str, dict]:
+    """`run`'s results as a seed sweep reads them: "<stage>/<phase>" → that phase's results."""
+    return {f"{stage}/{name}": dict(r) for stage, results in run(cfg, workdir, **runner_kwargs).items()
+            for name, r in results.items() if isinstance(r, dict)}
+
+
 def report(results: dict[str, dict], workdir: str) -> str:
     """Markdown: held-out metrics of the student base, the teacher, the distilled and the RL-only student,
     from `run`'s results; also written to workdir/summary.md."""
@@ -164,5 +170,5 @@ def report(results: dict[str, dict], workdir: str) -> str:
 
 
 __all__ = ["DistillConfig", "PRESETS", "STAGES", "SWEEP_CHANGES", "before_after_table", "build", "check_config",
-           "check_teacher", "report", "run"]
+           "check_teacher", "report", "run", "sweep_results"]
 

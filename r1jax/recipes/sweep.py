@@ -7,8 +7,8 @@
 Each seed is the recipe's own run with `seed` (or `base.seed`, `data.seed`) replaced (its base, data order and RL
 randomness all follow from it) in `workdir/seed<N>`, resumed like any run; a text field holding "{seed}" is
 formatted per seed (distillation's `teacher=runs/sweep_r1_zero/seed{seed}`: each seed its own teacher).
-A recipe made of several runs (one with `run(cfg, workdir)` giving results per stage, distill) names its
-phases "<stage>/<phase>". Every phase whose results hold `pass@1` is an evaluation; the table gives each
+A recipe made of several runs gives its results through `sweep_results(cfg, workdir)`, its phases named
+"<stage>/<phase>" (distill). Every phase whose results hold `pass@1` is an evaluation; the table gives each
 metric of EVAL_METRICS per evaluation phase as mean ± the half-width of the 95% Student-t interval over
 seeds (r1jax.stats), and paired changes, each seed against itself: from the first evaluation to the last,
 or the pairs a recipe names in SWEEP_CHANGES ({label: (phase, minus phase)}). The curves average
@@ -54,16 +54,15 @@ def with_seed(cfg: Any, seed: int) -> Any:
 
 
 def recipe_results(recipe: ModuleType, cfg: Any, workdir: str, **runner_kwargs) -> dict[str, dict]:
-    """Phase name → results of one run of `recipe`; "<stage>/<phase>" for a recipe of several runs."""
-    if not hasattr(recipe, "run"):
-        carry = recipe.build(cfg, workdir, **runner_kwargs).run()
-        return {name: dict(r) for name, r in carry.results.items() if isinstance(r, dict)}
-    return {f"{stage}/{name}": dict(r) for stage, results in recipe.run(cfg, workdir, **runner_kwargs).items()
-            for name, r in results.items() if isinstance(r, dict)}
+    """Phase name → results of one run of `recipe`: its Runner's, or its own `sweep_results` (several runs)."""
+    if hasattr(recipe, "sweep_results"):
+        return recipe.sweep_results(cfg, workdir, **runner_kwargs)
+    carry = recipe.build(cfg, workdir, **runner_kwargs).run()
+    return {name: dict(r) for name, r in carry.results.items() if isinstance(r, dict)}
 
 
 def run(recipe: ModuleType, cfg: Any, seeds: Sequence[int], workdir: str, **runner_kwargs) -> dict[str, Any]:
-    """Run `recipe` (a module with `build(cfg, workdir, **kw)`, or `run` for several runs, and optionally
+    """Run `recipe` (a module with `build(cfg, workdir, **kw)` or `sweep_results`, and optionally
     `check_config` and SWEEP_CHANGES) once per seed."""
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):

@@ -89,7 +89,7 @@ def logical_to_spec(names: Sequence[str | None], mesh: Mesh | dict[str, int],
     return PartitionSpec(*(None if a is None else a[0] if len(a) == 1 else a for a in assigned))
 
 
-def _auto_axes() -> dict[str, int]:
+def auto_axes() -> dict[str, int]:
     """The current mesh's axes that are not Manual (inside shard_map), with their sizes; {} without a mesh."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
@@ -97,12 +97,21 @@ def _auto_axes() -> dict[str, int]:
     return {n: s for n, s, t in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types) if t != AxisType.Manual}
 
 
+def _axes(name: str, size: int | None, auto: dict[str, int]) -> tuple[str, ...]:
+    spec = logical_to_spec((name,), auto, None if size is None else (size,))[0]
+    return () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+
+
+def axes_of(name: str, size: int | None = None) -> tuple[str, ...]:
+    """The current mesh's axes that `constrain` splits a dimension named `name` (of `size`, if given) over;
+    () without a mesh. For the specs of a jax.shard_map that must agree with the constraints."""
+    return _axes(name, size, auto_axes())
+
+
 def split_ways(name: str, size: int) -> int:
     """Into how many pieces `constrain` splits a dimension of `size` named `name` under the current mesh."""
-    auto = _auto_axes()
-    spec = logical_to_spec((name,), auto, (size,))[0]
-    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
-    return math.prod(auto[a] for a in axes)
+    auto = auto_axes()
+    return math.prod(auto[a] for a in _axes(name, size, auto))
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
@@ -110,7 +119,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
     Shape-aware (axes that do not divide a dimension are skipped) and blind to Manual axes (inside shard_map).
     """
-    auto = _auto_axes()
+    auto = auto_axes()
     if not auto or all(s == 1 for s in auto.values()):
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, auto, x.shape))

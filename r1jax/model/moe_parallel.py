@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from r1jax import logical
 from r1jax.config import MoEConfig
@@ -59,10 +59,6 @@ class ExpertSharding:
     token_shards: int
 
 
-def _spec_axes(entry) -> tuple[str, ...]:
-    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-
-
 def expert_count(weight) -> int:
     """Experts of a routed weight: an [X, in, out] array or a pytree whose leaves all lead with X."""
     return jax.tree.leaves(weight)[0].shape[0]
@@ -74,11 +70,10 @@ def expert_sharding(moe: MoEConfig) -> ExpertSharding | None:
     None without a mesh, with expert_parallel='none', or when no expert mesh axis of size > 1
     divides num_experts (the rule table then leaves expert weights unsplit too).
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if moe.expert_parallel == "none" or mesh.empty:
+    sizes = logical.auto_axes()
+    if moe.expert_parallel == "none" or not sizes:
         return None
-    sizes = {n: s for n, s, t in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types) if t != AxisType.Manual}
-    expert_axes = _spec_axes(logical.logical_to_spec(("expert",), sizes, (moe.num_experts,))[0])
+    expert_axes = logical.axes_of("expert", moe.num_experts)
     shards = math.prod(sizes[a] for a in expert_axes)
     if shards <= 1:
         if sizes.get("expert", 1) > 1:  # an expert axis was asked for but cannot split these experts
@@ -88,7 +83,7 @@ def expert_sharding(moe: MoEConfig) -> ExpertSharding | None:
     if moe.expert_parallel == "all_to_all" and jax.default_backend() == "cpu":
         raise ValueError("MoEConfig.expert_parallel='all_to_all' needs jax.lax.ragged_all_to_all, which XLA:CPU "
                          "does not implement; use 'ring' on CPU")
-    batch_axes = _spec_axes(logical.logical_to_spec(("batch",), sizes)[0])
+    batch_axes = logical.axes_of("batch")
     token_axes = batch_axes + tuple(a for a in expert_axes if a not in batch_axes)
     return ExpertSharding(moe.expert_parallel, expert_axes, token_axes, shards,
                           math.prod(sizes[a] for a in token_axes))

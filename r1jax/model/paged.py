@@ -220,9 +220,8 @@ def ragged_kernel_attention(q_BxLxHxD: jax.Array, kv_PxNx2KxD: jax.Array, table:
     call = functools.partial(_packed_kernel_call, kernel, scale)
     if table.shards == 1:
         return call(q_BxLxHxD, kv_PxNx2KxD, table.pages_BxM, table.lengths_B, table.new_B)
-    auto = logical._auto_axes()
-    rows = logical.logical_to_spec(("batch",), auto, (q_BxLxHxD.shape[0],))[0]
-    heads = logical.logical_to_spec(("kv_heads",), auto, (kv_PxNx2KxD.shape[2] // 2,))[0]  # whole (k, v) pairs
+    rows = logical.axes_of("batch", q_BxLxHxD.shape[0]) or None
+    heads = logical.axes_of("kv_heads", kv_PxNx2KxD.shape[2] // 2) or None  # whole (k, v) pairs
     on_rows, per_head = PartitionSpec(rows), PartitionSpec(rows, None, heads, None)
     return jax.shard_map(call, in_specs=(per_head, per_head, on_rows, on_rows, on_rows), out_specs=per_head)(
         q_BxLxHxD, kv_PxNx2KxD, table.pages_BxM, table.lengths_B, table.new_B)

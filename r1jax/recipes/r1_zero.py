@@ -28,6 +28,11 @@ from r1jax.errors import UsageError
 from r1jax.report.rollouts import RolloutLog
 
 
+def pretrain_optimizer(steps: int, warmup: int = 30) -> OptimizerConfig:
+    """The tiny base's AdamW: lr 3e-3, `warmup` steps, then cosine decay over the rest of `steps`."""
+    return OptimizerConfig(learning_rate=3e-3, warmup_steps=warmup, decay_steps=steps - warmup, weight_decay=0.01)
+
+
 @dataclasses.dataclass(frozen=True)
 class R1ZeroConfig:
     """Everything an R1-Zero run uses; each field can be set with --set."""
@@ -50,8 +55,7 @@ class R1ZeroConfig:
     pretrain_steps: int = 1500  # 500 left the base slipping in a third of its steps: too weak for RL to fix
     pretrain_batch: int = 32
     seq_len: int = 224
-    pretrain_optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-3, warmup_steps=30, decay_steps=1470,
-                                                          weight_decay=0.01)
+    pretrain_optimizer: OptimizerConfig = pretrain_optimizer(1500)  # with another pretrain_steps, set its decay too
     rl_steps: int = 60
     grpo: GRPOConfig = GRPOConfig(group_size=8, prompts_per_step=16, sampling=SamplingSettings(max_new_tokens=96),
                                   num_minibatches=2,
@@ -66,13 +70,12 @@ class R1ZeroConfig:
     lora: LoRAConfig = LoRAConfig()  # rank > 0: GRPO trains LoRA adapters on the frozen base (lora.rank, .targets)
 
 
-SHORT_BASE = R1ZeroConfig(
-    pretrain_steps=500, pretrain_optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=30, decay_steps=470,
-                                                           weight_decay=0.01),
-    rl_steps=40, rl_optimizer=OptimizerConfig(learning_rate=5e-5))
+SHORT_BASE = R1ZeroConfig(pretrain_steps=500, pretrain_optimizer=pretrain_optimizer(500),
+                          rl_steps=40, rl_optimizer=OptimizerConfig(learning_rate=5e-5))
 """The tiny base before the 1,500-step one (500 pretraining steps, 40 RL steps at lr 5e-5): the R1, distillation
-and objective-comparison recipes keep it, since README's tables for them were measured on it
-(`--set base.pretrain_steps=1500 …` moves one over). Held out: the whole test split, as the defaults."""
+and objective-comparison recipes keep it, since README's tables for them were measured on it (`--set
+base.pretrain_steps=1500 --set base.pretrain_optimizer.decay_steps=1470 …` moves one over). Held out: the whole
+test split, as the defaults."""
 
 
 def _real(max_new_tokens: int, params_over_data: bool = False) -> R1ZeroConfig:

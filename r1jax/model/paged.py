@@ -147,38 +147,77 @@ def paged_attention(q_BxLxKxGxD: jax.Array, read_page: Callable[[jax.Array], tup
                     table: PageTable, page_size: int, scale: float) -> jax.Array:
     """softmax(q·kᵀ·scale over each query's own row up to its position)·v, out B×L×K×G×V in q's dtype.
 
-    `read_page(page_B)` gives (k_BxKxNxD, v_BxKxNxV) of one page per row. Scores and softmax in f32.
-    The loop runs over page columns 0 … (most pages any row of the call fills) − 1.
+    `read_page(page_R)` gives (k_RxKxNxD, v_RxKxNxV) of one page per entry, R split over the shards as
+    rows are. Scores and softmax in f32; padding tokens (and rows with no new token) get zeros.
+
+    Ragged: a loop over page columns folds column j into the online softmax (as FlashAttention) of
+    only the rows that fill more than j pages. Each shard orders its rows longest first, so those
+    rows are a prefix of the order; the step takes the shortest prefix of B/shards, ½, ¼ or ⅛ of
+    the rows that holds them (the most any shard needs), so the work follows the filled pages,
+    not rows × the longest row. A row's result depends on its own pages only.
     """
     batch, length, kv_heads, groups, dim = q_BxLxKxGxD.shape
-    dtype = q_BxLxKxGxD.dtype
-    q_BxKxQxD = q_BxLxKxGxD.transpose(0, 2, 1, 3, 4).reshape(batch, kv_heads, length * groups, dim)
-    q_pos_BxQ = jnp.repeat(table.lengths_B[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :], groups, axis=1)
+    dtype, f32, shards = q_BxLxKxGxD.dtype, jnp.float32, table.shards
+    rows, queries = batch // shards, length * groups
+    width = table.pages_BxM.shape[1]
+    q_SxBxKxQxD = q_BxLxKxGxD.transpose(0, 2, 1, 3, 4).reshape(shards, rows, kv_heads, queries, dim)
+    new_L = jnp.arange(length, dtype=jnp.int32)
+    q_pos_BxL = jnp.where(new_L[None, :] < table.new_B[:, None], table.lengths_B[:, None] + new_L[None, :], -1)
+    q_pos_SxBxQ = jnp.repeat(q_pos_BxL, groups, axis=1).reshape(shards, rows, queries)  # padding: sees nothing
+    pages_SxBxM = table.pages_BxM.reshape(shards, rows, width)
     filled_B = table.lengths_B + table.new_B
-    columns = jnp.minimum(jnp.max(-(-filled_B // page_size)), table.pages_BxM.shape[1])
+    cols_SxB = jnp.where(table.new_B > 0, jnp.minimum(-(-filled_B // page_size), width), 0).reshape(shards, rows)
+    order_SxB = jnp.argsort(-cols_SxB, axis=1, stable=True).astype(jnp.int32)  # longest first
+    sizes = sorted({max(1, rows // d) for d in (8, 4, 2)} | {rows})
+
+    def fold_rows(j, q_CxKxQxD, q_pos_CxQ, m_CxKxQ, l_CxKxQ, o_CxKxQxV, k_CxKxNxD, v_CxKxNxV):
+        """Page column j (k, v: each row's page) into C rows' running max, sum and output."""
+        s_CxKxQxN = jnp.einsum("ckqd,cknd->ckqn", q_CxKxQxD, k_CxKxNxD.astype(dtype),
+                               preferred_element_type=f32) * scale
+        slot_N = j * page_size + jnp.arange(page_size, dtype=jnp.int32)
+        visible_Cx1xQxN = (slot_N[None, None, :] <= q_pos_CxQ[:, :, None])[:, None]
+        s_CxKxQxN = jnp.where(visible_Cx1xQxN, s_CxKxQxN, _MASKED)
+        m_new = jnp.maximum(m_CxKxQ, jnp.max(s_CxKxQxN, axis=-1))
+        p_CxKxQxN = jnp.where(visible_Cx1xQxN, jnp.exp(s_CxKxQxN - m_new[..., None]), 0.0)
+        alpha = jnp.exp(m_CxKxQ - m_new)
+        o_new = o_CxKxQxV * alpha[..., None] + jnp.einsum(
+            "ckqn,cknv->ckqv", p_CxKxQxN.astype(dtype), v_CxKxNxV.astype(dtype), preferred_element_type=f32)
+        return m_new, l_CxKxQ * alpha + jnp.sum(p_CxKxQxN, axis=-1), o_new
+
+    def read(page_SxC):
+        k_RxKxNxD, v_RxKxNxV = read_page(page_SxC.reshape(-1))
+        return (k_RxKxNxD.reshape(page_SxC.shape + k_RxKxNxD.shape[1:]),
+                v_RxKxNxV.reshape(page_SxC.shape + v_RxKxNxV.shape[1:]))
+
+    def every_row(j, carry):
+        page_SxB = jax.lax.dynamic_index_in_dim(pages_SxBxM, j, 2, keepdims=False)
+        return jax.vmap(functools.partial(fold_rows, j))(q_SxBxKxQxD, q_pos_SxBxQ, *carry, *read(page_SxB))
+
+    def prefix(size, j, carry):
+        """Column j into the first `size` rows of each shard's order; the others as they were."""
+        row_SxC = order_SxB[:, :size]
+        page_SxC = jax.vmap(lambda pages_BxM, row_C: pages_BxM[row_C, j])(pages_SxBxM, row_SxC)
+
+        def one(row_C, q_BxKxQxD, q_pos_BxQ, m_BxKxQ, l_BxKxQ, o_BxKxQxV, k_CxKxNxD, v_CxKxNxV):
+            folded = fold_rows(j, q_BxKxQxD[row_C], q_pos_BxQ[row_C], m_BxKxQ[row_C], l_BxKxQ[row_C],
+                               o_BxKxQxV[row_C], k_CxKxNxD, v_CxKxNxV)
+            return tuple(x.at[row_C].set(v) for x, v in zip((m_BxKxQ, l_BxKxQ, o_BxKxQxV), folded))
+
+        return jax.vmap(one)(row_SxC, q_SxBxKxQxD, q_pos_SxBxQ, *carry, *read(page_SxC))
 
     def column(j, carry):
-        m_BxKxQ, l_BxKxQ, o_BxKxQxV = carry
-        k_BxKxNxD, v_BxKxNxV = read_page(jax.lax.dynamic_index_in_dim(table.pages_BxM, j, 1, keepdims=False))
-        s_BxKxQxN = jnp.einsum("bkqd,bknd->bkqn", q_BxKxQxD, k_BxKxNxD.astype(dtype),
-                               preferred_element_type=jnp.float32) * scale
-        slot_N = j * page_size + jnp.arange(page_size, dtype=jnp.int32)
-        visible_Bx1xQxN = (slot_N[None, None, :] <= q_pos_BxQ[:, :, None])[:, None]
-        s_BxKxQxN = jnp.where(visible_Bx1xQxN, s_BxKxQxN, _MASKED)
-        m_new = jnp.maximum(m_BxKxQ, jnp.max(s_BxKxQxN, axis=-1))
-        p_BxKxQxN = jnp.where(visible_Bx1xQxN, jnp.exp(s_BxKxQxN - m_new[..., None]), 0.0)
-        alpha = jnp.exp(m_BxKxQ - m_new)
-        o_BxKxQxV = o_BxKxQxV * alpha[..., None] + jnp.einsum(
-            "bkqn,bknv->bkqv", p_BxKxQxN.astype(dtype), v_BxKxNxV.astype(dtype), preferred_element_type=jnp.float32)
-        return m_new, l_BxKxQ * alpha + jnp.sum(p_BxKxQxN, axis=-1), o_BxKxQxV
+        need = jnp.max(jnp.sum(cols_SxB > j, axis=1))  # rows filling more than j pages, in the fullest shard
+        branch = jnp.sum(jnp.asarray(sizes[:-1], jnp.int32) < need)
+        return jax.lax.switch(branch, [functools.partial(prefix, size) for size in sizes[:-1]] + [every_row],
+                              j, carry)
 
-    v_dim = jax.eval_shape(read_page, table.pages_BxM[:, 0])[1].shape[-1]
-    init = (jnp.full((batch, kv_heads, length * groups), _MASKED, jnp.float32),
-            jnp.zeros((batch, kv_heads, length * groups), jnp.float32),
-            jnp.zeros((batch, kv_heads, length * groups, v_dim), jnp.float32))
-    _, l_BxKxQ, o_BxKxQxV = jax.lax.fori_loop(0, columns, column, init)
-    out_BxKxQxV = o_BxKxQxV / jnp.where(l_BxKxQ > 0, l_BxKxQ, 1.0)[..., None]
-    return out_BxKxQxV.reshape(batch, kv_heads, length, groups, v_dim).transpose(0, 2, 1, 3, 4).astype(dtype)
+    v_dim = jax.eval_shape(read_page, jnp.zeros((batch,), jnp.int32))[1].shape[-1]
+    init = (jnp.full((shards, rows, kv_heads, queries), _MASKED, f32),
+            jnp.zeros((shards, rows, kv_heads, queries), f32),
+            jnp.zeros((shards, rows, kv_heads, queries, v_dim), f32))
+    _, l_SxBxKxQ, o_SxBxKxQxV = jax.lax.fori_loop(0, jnp.max(cols_SxB), column, init)
+    out_SxBxKxQxV = o_SxBxKxQxV / jnp.where(l_SxBxKxQ > 0, l_SxBxKxQ, 1.0)[..., None]
+    return out_SxBxKxQxV.reshape(batch, kv_heads, length, groups, v_dim).transpose(0, 2, 1, 3, 4).astype(dtype)
 
 
 def interleave_kv(k_BxLxKxD: jax.Array, v_BxLxKxD: jax.Array) -> jax.Array:

@@ -354,14 +354,13 @@ def bench_engine(args) -> dict:
     static = Sampler(cfg, eos_id=-1, pad_id=0, prompt_bucket=prompt)
     out = {"model": "M_QUICK" if args.quick else "M", "slots": slots, "prompt": prompt}
 
-    def engine_for(max_new: int, **kw) -> Engine:
-        return Engine(cfg, pad_id=0, slots=slots, page_size=32, prefill_chunk=prompt, prefill_rows=8, **kw)
-
-    # 1. long tail: the static batch runs every group of `slots` rows to its longest budget
+    # 1. long tail: the static batch runs every group of `slots` rows to its longest budget. The engine gets
+    # the same KV memory: the static batch's cache of slots × (prompt + limit) tokens, as pages (+ the null page)
     budgets = long_tail_budgets(rows, limit)
     prompts = random_tokens(cfg, (rows, prompt), 11).tolist()
     greedy = SamplingSettings(max_new_tokens=limit, temperature=0.0)
-    engine = engine_for(limit)
+    engine = Engine(cfg, pad_id=0, slots=slots, page_size=32, prefill_chunk=prompt, prefill_rows=8,
+                    num_pages=1 + slots * -(-(prompt + limit) // 32))
 
     def run_engine():
         jax.block_until_ready(engine.generate(params, prompts, jax.random.key(0), settings=greedy,
@@ -377,6 +376,7 @@ def bench_engine(args) -> dict:
     t_static = best_time(run_static, 1)
     generated = int(budgets.sum())
     out["long_tail"] = {"rows": rows, "limit": limit, "budget_median": float(np.median(budgets)),
+                        "kv_pages": engine.num_pages, "engine_peak_pages": engine.pool.peak,
                         "budget_mean": float(budgets.mean()), "generated_tokens": generated,
                         "engine_s": t_engine, "static_s": t_static, "engine_tokens_per_s": generated / t_engine,
                         "static_tokens_per_s": generated / t_static, "speedup": t_static / t_engine, **ctx}

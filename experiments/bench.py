@@ -359,7 +359,8 @@ def bench_engine(args) -> dict:
     budgets = long_tail_budgets(rows, limit)
     prompts = random_tokens(cfg, (rows, prompt), 11).tolist()
     greedy = SamplingSettings(max_new_tokens=limit, temperature=0.0)
-    engine = Engine(cfg, pad_id=0, slots=slots, page_size=32, prefill_chunk=prompt, prefill_rows=8,
+    # a refill admits about refill_at = slots / 8 rows: prefill_rows = 4 prefills them without idle rows
+    engine = Engine(cfg, pad_id=0, slots=slots, page_size=32, prefill_chunk=prompt, prefill_rows=4,
                     num_pages=1 + slots * -(-(prompt + limit) // 32))
 
     def run_engine():

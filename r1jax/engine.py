@@ -412,11 +412,10 @@ class Engine:
     def _prefill_prompts(self, params, state, prompts, batches: list[list[int]], prefilled, pools,
                          group_size: int) -> EngineState:
         """Prefill up to `prefill_rows` prompts of each shard (batches[d]: shard d's) chunk by chunk into fresh
-        pages of its pool; record each one's logits. The call has `per` rows per shard, the least power of
-        two (at most prefill_rows) that holds the fullest batch, so a refill of a few rows prefills a few;
-        row d·per + i is shard d's i-th prompt."""
-        size, chunk = self.page_size, self.prefill_chunk
-        per = min(self.prefill_rows, 1 << (max(map(len, batches)) - 1).bit_length())
+        pages of its pool; record each one's logits. Row d·prefill_rows + i is shard d's i-th prompt. The call
+        always has prefill_rows rows per shard, however few prompts it holds: XLA:CPU's matmuls round a row
+        differently at another row count, and a prompt's logits must not depend on what else is admitted."""
+        size, chunk, per = self.page_size, self.prefill_chunk, self.prefill_rows
         rows = per * len(batches)
         max_pages = state.cache.pages_BxM.shape[1]
         pages_RxM = np.zeros((rows, max_pages), np.int32)

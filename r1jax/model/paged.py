@@ -206,16 +206,21 @@ def paged_attention(q_BxLxKxGxD: jax.Array, read_page: Callable[[jax.Array], tup
         return jax.vmap(one)(row_SxC, q_SxBxKxQxD, q_pos_SxBxQ, *carry, *read(page_SxC))
 
     def column(j, carry):
-        need = jnp.max(jnp.sum(cols_SxB > j, axis=1))  # rows filling more than j pages, in the fullest shard
-        branch = jnp.sum(jnp.asarray(sizes[:-1], jnp.int32) < need)
-        return jax.lax.switch(branch, [functools.partial(prefix, size) for size in sizes[:-1]] + [every_row],
-                              j, carry)
+        branch = jnp.sum(jnp.asarray(sizes[:-2], jnp.int32) < need_M[j])
+        return jax.lax.switch(branch, [functools.partial(prefix, size) for size in sizes[:-1]], j, carry)
 
     v_dim = jax.eval_shape(read_page, jnp.zeros((batch,), jnp.int32))[1].shape[-1]
     init = (jnp.full((shards, rows, kv_heads, queries), _MASKED, f32),
             jnp.zeros((shards, rows, kv_heads, queries), f32),
             jnp.zeros((shards, rows, kv_heads, queries, v_dim), f32))
-    _, l_SxBxKxQ, o_SxBxKxQxV = jax.lax.fori_loop(0, jnp.max(cols_SxB), column, init)
+    # column j is needed by need_M[j] rows of the fullest shard (falling with j): the first columns, while more
+    # rows than the largest prefix need them, fold every row (no gathers of rows), the rest a prefix of them
+    need_M = jnp.max(jnp.sum(cols_SxB[:, :, None] > jnp.arange(width, dtype=jnp.int32)[None, None, :], axis=1), axis=0)
+    every = jnp.sum(need_M > sizes[-2]) if len(sizes) > 1 else jnp.max(cols_SxB)
+    carry = jax.lax.fori_loop(0, every, every_row, init)
+    if len(sizes) > 1:
+        carry = jax.lax.fori_loop(every, jnp.max(cols_SxB), column, carry)
+    _, l_SxBxKxQ, o_SxBxKxQxV = carry
     out_SxBxKxQxV = o_SxBxKxQxV / jnp.where(l_SxBxKxQ > 0, l_SxBxKxQ, 1.0)[..., None]
     return out_SxBxKxQxV.reshape(batch, kv_heads, length, groups, v_dim).transpose(0, 2, 1, 3, 4).astype(dtype)
 

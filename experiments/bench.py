@@ -26,7 +26,8 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 import jax
@@ -76,14 +77,33 @@ def context(repeats: int) -> dict:
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, dict]:
-    """(best time of fn, context) with the f32 peak measured before and after: the larger one is kept, so a
+    """(best time of fn, context): best_time within `in_context`."""
+    return in_context(lambda: best_time(fn, repeats), repeats)
+
+
+def in_context(measure: Callable[[], Any], repeats: int = 1) -> tuple[Any, dict]:
+    """(measure(), context) with the f32 peak measured before and after: the larger one is kept, so a
     fraction of peak is never flattered by a load that lifted during the measurement."""
     before = context(repeats)
-    t = best_time(fn, repeats)
+    result = measure()
     after = context(repeats)
-    return t, {"peak_f32_flops": max(before["peak_f32_flops"], after["peak_f32_flops"]),
-               "peak_f32_before_after": [before["peak_f32_flops"], after["peak_f32_flops"]],
-               "loadavg": before["loadavg"], "loadavg_after": after["loadavg"]}
+    return result, {"peak_f32_flops": max(before["peak_f32_flops"], after["peak_f32_flops"]),
+                    "peak_f32_before_after": [before["peak_f32_flops"], after["peak_f32_flops"]],
+                    "loadavg": before["loadavg"], "loadavg_after": after["loadavg"]}
+
+
+def best_in_turns(fns: Sequence[Callable[[], object]], rounds: int) -> list[float]:
+    """Best wall time of each fn (which blocks until its work is done): each warmed once, then `rounds`
+    rounds of one call of each in turn, so that a change of load during the measurement falls on all."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(max(1, rounds)):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [min(ts) for ts in times]
 
 
 def param_counts(cfg: ModelConfig, params) -> dict[str, int]:
@@ -372,9 +392,9 @@ def bench_engine(args) -> dict:
             top = int(budgets[start:start + slots].max())
             jax.block_until_ready(static.sample(params, prompts[start:start + slots], jax.random.key(0),
                                                 max_new_tokens=top, temperature=0.0).tokens_BxT)
-    # the static sampler compiles per distinct longest budget: warm all of them first
-    t_engine, ctx = timed(run_engine, 1)
-    t_static = best_time(run_static, 1)
+    # each warmed once (the static sampler compiles per distinct longest budget), then timed in turns, best of
+    # each: a load that comes or goes during the section touches both samplers
+    (t_engine, t_static), ctx = in_context(lambda: best_in_turns((run_engine, run_static), rounds=2))
     generated = int(budgets.sum())
     out["long_tail"] = {"rows": rows, "limit": limit, "budget_median": float(np.median(budgets)),
                         "kv_pages": engine.num_pages, "engine_peak_pages": engine.pool.peak,
@@ -388,10 +408,10 @@ def bench_engine(args) -> dict:
     wide = Engine(cfg, pad_id=0, slots=batch, page_size=32, prefill_chunk=prompt, prefill_rows=batch,
                   decode_steps=new)
     settings = SamplingSettings(max_new_tokens=new, temperature=0.0)
-    t_wide, ctx = timed(lambda: jax.block_until_ready(
-        wide.generate(params, uniform, jax.random.key(0), settings=settings).tokens_BxT), args.repeats)
-    t_flat = best_time(lambda: jax.block_until_ready(static.sample(
-        params, uniform, jax.random.key(0), max_new_tokens=new, temperature=0.0).tokens_BxT), args.repeats)
+    (t_wide, t_flat), ctx = in_context(lambda: best_in_turns((
+        lambda: jax.block_until_ready(wide.generate(params, uniform, jax.random.key(0), settings=settings).tokens_BxT),
+        lambda: jax.block_until_ready(static.sample(params, uniform, jax.random.key(0), max_new_tokens=new,
+                                                    temperature=0.0).tokens_BxT)), rounds=args.repeats))
     out["uniform"] = {"batch": batch, "new_tokens": new, "engine_s": t_wide, "static_s": t_flat,
                       "engine_tokens_per_s": batch * new / t_wide, "static_tokens_per_s": batch * new / t_flat,
                       "ratio": t_flat / t_wide, **ctx}

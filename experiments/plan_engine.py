@@ -6,7 +6,7 @@
 
 Each program is lowered with abstract inputs (nothing allocated) and compiled under the mesh on
 JAX_NUM_CPU_DEVICES fake CPU devices (set from --devices before jax starts); the numbers are XLA's
-memory_analysis() per device. The slots split over the mesh's data-like axes, and so does the page
+memory_analysis() per device, and the cross-device ops each runs are counted. The slots split over the mesh's data-like axes, and so does the page
 pool: each data shard holds its own run of pages (r1jax.model.paged), sized as Engine sizes it by
 default (every slot of the shard at its longest row, plus its prefill rows' prompts).
 
@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -63,6 +64,16 @@ def main(argv: list[str] | None = None) -> dict:
         return _plan(args, cfg)
     finally:
         paged.tpu_ragged_kernel = real_kernel
+
+
+COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "reduce-scatter", "collective-permute")
+
+
+def collectives(hlo: str) -> dict[str, int]:
+    """How many of each cross-device op a compiled program runs (its optimized HLO text; the async
+    -start/-done pairs count once)."""
+    found = {op: len(re.findall(rf"= [^=]*\b{op}(?:-start)?\(", hlo)) for op in COLLECTIVES}
+    return {op: n for op, n in found.items() if n}
 
 
 def _plan(args: argparse.Namespace, cfg) -> dict:
@@ -113,15 +124,17 @@ def _plan(args: argparse.Namespace, cfg) -> dict:
         }
         for name, (fn, fn_args, static) in programs.items():
             t = time.perf_counter()
-            m = fn.lower(*fn_args, **static).compile(options).memory_analysis()
+            compiled = fn.lower(*fn_args, **static).compile(options)
+            m = compiled.memory_analysis()
             row = {"args_GiB": m.argument_size_in_bytes / GiB, "temp_GiB": m.temp_size_in_bytes / GiB,
                    "out_GiB": m.output_size_in_bytes / GiB, "alias_GiB": m.alias_size_in_bytes / GiB,
-                   "compile_s": time.perf_counter() - t}
+                   "compile_s": time.perf_counter() - t, "collectives": collectives(compiled.as_text())}
             row["peak_GiB"] = row["args_GiB"] + row["out_GiB"] + row["temp_GiB"] - row["alias_GiB"]
             result["programs"][name] = row
             print(f"{name:8s} {args.shape} {args.mesh} slots {slots} ({shards} shards): args {row['args_GiB']:.2f} "
                   f"temp {row['temp_GiB']:.2f} out {row['out_GiB']:.2f} alias {row['alias_GiB']:.2f} "
-                  f"peak {row['peak_GiB']:.2f} GiB per device, compile {row['compile_s']:.1f} s", flush=True)
+                  f"peak {row['peak_GiB']:.2f} GiB per device, compile {row['compile_s']:.1f} s, collectives "
+                  f"{row['collectives'] or 'none'}", flush=True)
     print(f"page pool: {result['pool_GiB']:.2f} GiB in all ({shards} runs of {pages} pages), "
           f"{result['pool_per_device_GiB']:.2f} GiB on each device")
     if args.out:

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"errors per reward: {scored.errors}; timeouts: {scored.timeouts}")
 
     adv = np.asarray(group_advantages(jnp.asarray(total.reshape(-1, args.group))))
-    print(f"\nGRPO advantages of the first 3 groups (rewards -> advantages):")
+    print("\nGRPO advantages of the first 3 groups (rewards -> advantages):")
     for g in range(3):
         print("  ", np.round(total.reshape(-1, args.group)[g], 2), "->", np.round(adv[g], 2))
     print(f"\ndone in {time.time() - t0:.1f}s")

@@ -11,9 +11,9 @@ unmasked.
 A call with L new tokens per row (`PageTable`: the page ids, how many tokens each row holds
 already, how many of the L are real) writes the real tokens' keys and values into their pages,
 then attends each query at position `lengths_B + l` to every slot up to itself. The attention is a
-`lax.fori_loop` over page columns with an online softmax (as FlashAttention), up to the largest
-number of pages any row of the call has filled: a decode step's cost follows the live context, not
-the pool's size or the longest budget.
+`lax.fori_loop` over page columns with an online softmax (as FlashAttention), each column folded into
+only the rows that fill it: a decode step's cost follows the pages the rows have filled, not the
+pool's size, the longest budget or the longest row in flight.
 
 With `ModelConfig.paged_attention='tpu_ragged'` a layer keeps keys and values in one pool,
 `PagedKVPairs` (each kv head's key then its value along the head axis, the layout jax's TPU ragged

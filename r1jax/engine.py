@@ -42,7 +42,7 @@ from r1jax import logical
 from r1jax.model import PagedCache, Transformer, init_paged_cache, map_pages
 from r1jax.model.layers import constrain
 from r1jax.model.paged import copy_pages, shard_pages
-from r1jax.sampling import SampleOutput, _per_row
+from r1jax.sampling import SampleOutput, _per_row, check_request
 from r1jax.sharding import to_host
 from r1jax.sampling_ops import choose_tokens
 
@@ -273,12 +273,7 @@ class Engine:
         """
         if group_size < 1:
             raise ValueError(f"group_size={group_size} must be >= 1")
-        if not prompts:
-            raise ValueError("no prompts to sample from")
-        prompts = [list(map(int, p)) for p in prompts]
-        empty = [i for i, p in enumerate(prompts) if not p]
-        if empty:
-            raise ValueError(f"prompt {empty[0]} is empty; every prompt needs at least one token")
+        prompts = check_request(prompts, self.cfg.vocab_size, settings.stop_ids)
         n, g, t_max, size = len(prompts), group_size, settings.max_new_tokens, self.page_size
         temperature_B = _per_row(settings.temperature if temperature is None else temperature, n, g, "temperature")
         top_p_B = _per_row(settings.top_p if top_p is None else top_p, n, g, "top_p")

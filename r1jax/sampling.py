@@ -60,6 +60,33 @@ class SampleOutput:
     truncated_B: jax.Array
 
 
+def check_request(prompts: Sequence[Sequence[int]], vocab_size: int, stop_ids: Sequence[int] = ()) -> list[list[int]]:
+    """The prompts as lists of ints, after checking that there is one, that none is empty and that every
+    token and stop id is in the model's vocabulary (an out-of-range id would index the embedding silently)."""
+    if not prompts:
+        raise ValueError("no prompts to sample from")
+    prompts = [list(map(int, p)) for p in prompts]
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+        ids = np.asarray(prompt)
+        bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
+        if bad.size:
+            raise ValueError(f"prompt {i} holds token {ids[bad[0]]} at position {bad[0]}, outside the model's "
+                             f"vocabulary [0, {vocab_size})")
+    check_stop_ids(stop_ids, vocab_size)
+    return prompts
+
+
+def check_stop_ids(stop_ids: Sequence[int], vocab_size: int) -> tuple[int, ...]:
+    """The stop ids as ints, each checked to be a token of the model's vocabulary."""
+    stops = tuple(map(int, stop_ids))
+    for stop in stops:
+        if not 0 <= stop < vocab_size:
+            raise ValueError(f"stop id {stop} is outside the model's vocabulary [0, {vocab_size})")
+    return stops
+
+
 def _per_row(value: float | Sequence[float] | np.ndarray, prompts: int, group: int, name: str) -> np.ndarray:
     """A scalar, one value per prompt, or one per row, as a float32 array of one per row."""
     arr = np.asarray(value, np.float32)
@@ -148,12 +175,7 @@ class Sampler:
                temperature, top_p) -> tuple[SamplingState, jax.Array, jax.Array]:
         if group_size < 1 or max_new_tokens < 1:
             raise ValueError(f"group_size={group_size} and max_new_tokens={max_new_tokens} must be >= 1")
-        if not prompts:
-            raise ValueError("no prompts to sample from")
-        lengths = [len(p) for p in prompts]
-        if min(lengths) == 0:
-            raise ValueError(f"prompt {lengths.index(0)} is empty; every prompt needs at least one token")
-        prompt_PxL, mask_PxL = left_pad(prompts, self.pad_id, self.prompt_bucket)
+        prompt_PxL, mask_PxL = left_pad(check_request(prompts, self.cfg.vocab_size), self.pad_id, self.prompt_bucket)
         temperature_B = _per_row(temperature, len(prompts), group_size, "temperature")
         top_p_B = _per_row(top_p, len(prompts), group_size, "top_p")
         if (temperature_B < 0).any() or ((top_p_B <= 0) | (top_p_B > 1)).any():
@@ -173,10 +195,10 @@ class Sampler:
         """G completions of each prompt (token ids, no padding); temperature/top_p per prompt or row.
 
         A row also ends at any of `stop_ids` (on top of the sampler's own)."""
+        stops = tuple(dict.fromkeys((*self.stop_ids, *check_stop_ids(stop_ids, self.cfg.vocab_size))))
         state, temperature_B, top_p_B = self._start(params, prompts, group_size=group_size,
                                                     max_new_tokens=max_new_tokens, temperature=temperature,
                                                     top_p=top_p)
-        stops = tuple(dict.fromkeys((*self.stop_ids, *map(int, stop_ids))))
         return self._output(self._decode(params, state, rng, temperature_B, top_p_B, top_k=top_k, stop_ids=stops))
 
     def generate(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array, *, group_size: int = 1,

@@ -154,6 +154,15 @@ def test_bad_requests_are_clear_errors(params):
         SamplingSettings(max_new_tokens=1, top_p=1.5)
     with pytest.raises(ValueError, match="slots=0"):
         Engine(CFG, pad_id=PAD, slots=0)
+    # an id outside the vocabulary would index the embedding table silently (clamped): both samplers refuse it
+    static = Sampler(CFG, eos_id=-1, pad_id=PAD)
+    for sampler in (engine, static):
+        with pytest.raises(ValueError, match=r"prompt 1 holds token 48 at position 2, outside .* \[0, 48\)"):
+            sampler.generate(params, [[1], [2, 3, 48]], jax.random.key(0), settings=GREEDY)
+        with pytest.raises(ValueError, match="token -1 at position 0"):
+            sampler.generate(params, [[-1, 2]], jax.random.key(0), settings=GREEDY)
+        with pytest.raises(ValueError, match="stop id 99 is outside"):
+            sampler.generate(params, [[1]], jax.random.key(0), settings=dataclasses.replace(GREEDY, stop_ids=(99,)))
 
 
 @pytest.mark.parametrize("slots", [4, 8])

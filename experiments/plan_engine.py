@@ -6,9 +6,10 @@
 
 Each program is lowered with abstract inputs (nothing allocated) and compiled under the mesh on
 JAX_NUM_CPU_DEVICES fake CPU devices (set from --devices before jax starts); the numbers are XLA's
-memory_analysis() per device, and the cross-device ops each runs are counted. The slots split over the mesh's data-like axes, and so does the page
-pool: each data shard holds its own run of pages (r1jax.model.paged), sized as Engine sizes it by
-default (every slot of the shard at its longest row, plus its prefill rows' prompts).
+memory_analysis() per device, and the cross-device ops each runs are counted. The slots split over
+the mesh's data-like axes, and so does the page pool: each data shard holds its own run of pages
+(r1jax.model.paged), sized as Engine sizes it by default (every slot of the shard at its longest
+row, plus its prefill rows' prompts).
 
 With `--model-set paged_attention=tpu_ragged` the pool takes the TPU kernel's layout (keys and values
 interleaved) and everything around the kernel is compiled: the interleaved writes, the packing of the

@@ -152,9 +152,10 @@ def paged_attention(q_BxLxKxGxD: jax.Array, read_page: Callable[[jax.Array], tup
 
     Ragged: a loop over page columns folds column j into the online softmax (as FlashAttention) of
     only the rows that fill more than j pages. Each shard orders its rows longest first, so those
-    rows are a prefix of the order; the step takes the shortest prefix of B/shards, ½, ¼ or ⅛ of
-    the rows that holds them (the most any shard needs), so the work follows the filled pages,
-    not rows × the longest row. A row's result depends on its own pages only.
+    rows are a prefix of the order. The first columns, while more than half the rows of the fullest
+    shard need them, fold every row (no row gathers); each later one takes the shortest prefix of ½,
+    ¼ or ⅛ of the rows that holds them. So the work follows the filled pages, not rows × the longest
+    row, and a row's result depends on its own pages only.
     """
     batch, length, kv_heads, groups, dim = q_BxLxKxGxD.shape
     dtype, f32, shards = q_BxLxKxGxD.dtype, jnp.float32, table.shards
@@ -168,7 +169,7 @@ def paged_attention(q_BxLxKxGxD: jax.Array, read_page: Callable[[jax.Array], tup
     filled_B = table.lengths_B + table.new_B
     cols_SxB = jnp.where(table.new_B > 0, jnp.minimum(-(-filled_B // page_size), width), 0).reshape(shards, rows)
     order_SxB = jnp.argsort(-cols_SxB, axis=1, stable=True).astype(jnp.int32)  # longest first
-    sizes = sorted({max(1, rows // d) for d in (8, 4, 2)} | {rows})
+    prefixes = sorted({max(1, rows // d) for d in (8, 4, 2)} - {rows})  # row counts a later column may take
 
     def fold_rows(j, q_CxKxQxD, q_pos_CxQ, m_CxKxQ, l_CxKxQ, o_CxKxQxV, k_CxKxNxD, v_CxKxNxV):
         """Page column j (k, v: each row's page) into C rows' running max, sum and output."""
@@ -206,19 +207,18 @@ def paged_attention(q_BxLxKxGxD: jax.Array, read_page: Callable[[jax.Array], tup
         return jax.vmap(one)(row_SxC, q_SxBxKxQxD, q_pos_SxBxQ, *carry, *read(page_SxC))
 
     def column(j, carry):
-        branch = jnp.sum(jnp.asarray(sizes[:-2], jnp.int32) < need_M[j])
-        return jax.lax.switch(branch, [functools.partial(prefix, size) for size in sizes[:-1]], j, carry)
+        branch = jnp.sum(jnp.asarray(prefixes[:-1], jnp.int32) < need_M[j])  # the shortest prefix that holds them
+        return jax.lax.switch(branch, [functools.partial(prefix, size) for size in prefixes], j, carry)
 
     v_dim = jax.eval_shape(read_page, jnp.zeros((batch,), jnp.int32))[1].shape[-1]
     init = (jnp.full((shards, rows, kv_heads, queries), _MASKED, f32),
             jnp.zeros((shards, rows, kv_heads, queries), f32),
             jnp.zeros((shards, rows, kv_heads, queries, v_dim), f32))
-    # column j is needed by need_M[j] rows of the fullest shard (falling with j): the first columns, while more
-    # rows than the largest prefix need them, fold every row (no gathers of rows), the rest a prefix of them
+    # column j is needed by need_M[j] rows of the fullest shard, fewer as j grows
     need_M = jnp.max(jnp.sum(cols_SxB[:, :, None] > jnp.arange(width, dtype=jnp.int32)[None, None, :], axis=1), axis=0)
-    every = jnp.sum(need_M > sizes[-2]) if len(sizes) > 1 else jnp.max(cols_SxB)
+    every = jnp.sum(need_M > prefixes[-1]) if prefixes else jnp.max(cols_SxB)
     carry = jax.lax.fori_loop(0, every, every_row, init)
-    if len(sizes) > 1:
+    if prefixes:
         carry = jax.lax.fori_loop(every, jnp.max(cols_SxB), column, carry)
     _, l_SxBxKxQ, o_SxBxKxQxV = carry
     out_SxBxKxQxV = o_SxBxKxQxV / jnp.where(l_SxBxKxQ > 0, l_SxBxKxQ, 1.0)[..., None]
